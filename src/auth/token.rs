@@ -1,0 +1,116 @@
+//! Token mode: static bearer tokens, compared in constant time.
+
+use super::{AuthFailure, Principal};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use subtle::ConstantTimeEq;
+
+pub struct TokenAuth {
+    /// SHA-256 of each token: comparing digests keeps the time independent of the length.
+    digests: Vec<[u8; 32]>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl TokenAuth {
+    pub fn new(tokens: &[String]) -> Self {
+        Self {
+            digests: tokens.iter().map(|t| digest(t)).collect(),
+        }
+    }
+
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthFailure> {
+        let bearer = bearer.ok_or(AuthFailure::Missing)?;
+        let presented = digest(bearer);
+        let mut matched = None;
+        for (i, d) in self.digests.iter().enumerate() {
+            if bool::from(d.ct_eq(&presented)) {
+                matched = Some(i);
+            }
+        }
+        let i = matched.ok_or(AuthFailure::Invalid)?;
+        Ok(Principal {
+            subject: format!("token:{}", hex::encode(&self.digests[i][..6])),
+            name: Some(format!("API token {}", i + 1)),
+            email: None,
+            mode: "token",
+        })
+    }
+}
+
+/// The generated token file in the data directory.
+pub fn token_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("api-token")
+}
+
+/// Reads the generated token, or creates one (file mode 0600) on first start.
+/// Returns the token and whether it was just created.
+pub fn load_or_create(data_dir: &Path) -> std::io::Result<(String, bool)> {
+    let path = token_file(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok((text.trim().to_string(), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = format!("duka_{}", hex::encode(bytes));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&path)?;
+    file.write_all(token.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    Ok((token, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_exact_tokens_pass() {
+        let auth = TokenAuth::new(&["acc-token-1".into(), "second-token".into()]);
+        assert_eq!(
+            auth.authenticate(Some("acc-token-1")).unwrap().mode,
+            "token"
+        );
+        assert_ne!(
+            auth.authenticate(Some("acc-token-1")).unwrap().subject,
+            auth.authenticate(Some("second-token")).unwrap().subject
+        );
+        for bad in ["acc-token-", "acc-token-1x", "", "ACC-TOKEN-1"] {
+            assert_eq!(auth.authenticate(Some(bad)), Err(AuthFailure::Invalid));
+        }
+        assert_eq!(auth.authenticate(None), Err(AuthFailure::Missing));
+    }
+
+    #[test]
+    fn generated_token_is_kept_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, created) = load_or_create(dir.path()).unwrap();
+        assert!(created && first.len() > 40);
+        let (again, created) = load_or_create(dir.path()).unwrap();
+        assert_eq!((again.as_str(), created), (first.as_str(), false));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(token_file(dir.path()))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! Settings: built-in defaults (documented key by key in `config.toml`), then one TOML file,
+//! then `DUKA__SECTION__KEY` environment variables.
+
+use crate::domain::notification::{NotifyOn, Template};
+use crate::domain::phone::Region;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where generated secrets (the API token, the session key) are kept.
+    pub data_dir: PathBuf,
+    pub http: Http,
+    pub database: Database,
+    pub auth: Auth,
+    pub orders: Orders,
+    pub sms: Sms,
+    pub live: Live,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    pub bind: String,
+    /// Worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    pub rate_limit: RateLimit,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    pub enabled: bool,
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    pub url: String,
+    pub migrate_on_start: bool,
+    pub max_connections: u32,
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Token,
+    Oidc,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    pub mode: AuthMode,
+    pub tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Orders {
+    pub default_currency: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmsProviderKind {
+    Log,
+    Africastalking,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sms {
+    pub enabled: bool,
+    pub provider: SmsProviderKind,
+    pub rate_per_second: u32,
+    pub burst: u32,
+    pub per_recipient_per_minute: u32,
+    pub max_attempts: u32,
+    pub request_timeout_secs: u64,
+    pub default_region: String,
+    pub notify_on: Vec<NotifyOn>,
+    pub templates: Templates,
+    pub africastalking: AfricasTalking,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Templates {
+    pub created: String,
+    pub confirmed: String,
+    pub shipped: String,
+    pub delivered: String,
+    pub cancelled: String,
+}
+
+impl Templates {
+    pub fn get(&self, on: NotifyOn) -> &str {
+        match on {
+            NotifyOn::Created => &self.created,
+            NotifyOn::Confirmed => &self.confirmed,
+            NotifyOn::Shipped => &self.shipped,
+            NotifyOn::Delivered => &self.delivered,
+            NotifyOn::Cancelled => &self.cancelled,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AfricasTalking {
+    pub username: String,
+    pub api_key: String,
+    pub sender_id: String,
+    pub base_url: String,
+    pub webhook_secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Live {
+    pub retention_days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `duka=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            http: Http::default(),
+            database: Database::default(),
+            auth: Auth::default(),
+            orders: Orders::default(),
+            sms: Sms::default(),
+            live: Live::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            workers: 0,
+            rate_limit: RateLimit::default(),
+        }
+    }
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_second: 50,
+            burst: 100,
+        }
+    }
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/duka.db?mode=rwc".into(),
+            migrate_on_start: true,
+            max_connections: 10,
+            acquire_timeout_secs: 3,
+        }
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Token,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl Default for Orders {
+    fn default() -> Self {
+        Self {
+            default_currency: "KES".into(),
+        }
+    }
+}
+
+impl Default for Sms {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            provider: SmsProviderKind::Log,
+            rate_per_second: 10,
+            burst: 20,
+            per_recipient_per_minute: 5,
+            max_attempts: 8,
+            request_timeout_secs: 10,
+            default_region: "KE".into(),
+            notify_on: vec![NotifyOn::Created],
+            templates: Templates::default(),
+            africastalking: AfricasTalking::default(),
+        }
+    }
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self {
+            created: "Hi {customer_name}, we have your order {order_number}: {quantity} x {item}, {currency} {amount}. Thank you!".into(),
+            confirmed: "Hi {customer_name}, your order {order_number} ({item}) is confirmed.".into(),
+            shipped: "Hi {customer_name}, your order {order_number} ({item}) is on its way.".into(),
+            delivered: "Hi {customer_name}, your order {order_number} ({item}) has been delivered. Thank you!".into(),
+            cancelled: "Hi {customer_name}, your order {order_number} ({item}) has been cancelled.".into(),
+        }
+    }
+}
+
+impl Default for AfricasTalking {
+    fn default() -> Self {
+        Self {
+            username: "sandbox".into(),
+            api_key: String::new(),
+            sender_id: String::new(),
+            base_url: "https://api.sandbox.africastalking.com".into(),
+            webhook_secret: String::new(),
+        }
+    }
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self { retention_days: 7 }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration problem, named by its key, e.g. `http.bind: invalid address "x"`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn key_error(key: &str, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {message}"))
+}
+
+impl Settings {
+    /// Loads the defaults, then `file` (or `./config.toml` when present), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match file {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError(format!(
+                        "config file {} not found",
+                        path.display()
+                    )));
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => {
+                if Path::new("config.toml").is_file() {
+                    figment = figment.merge(Toml::file_exact("config.toml"));
+                }
+            }
+        }
+        Self::from_figment(figment.merge(Env::prefixed("DUKA__").split("__")))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(|e| {
+            let e = e.into_iter().next().map(|e| {
+                let key = e.path.join(".");
+                let source = e
+                    .metadata
+                    .as_ref()
+                    .map(|m| format!(" (from {})", m.name))
+                    .unwrap_or_default();
+                if key.is_empty() {
+                    format!("{}{source}", e.kind)
+                } else {
+                    format!("{key}: {}{source}", e.kind)
+                }
+            });
+            ConfigError(e.unwrap_or_else(|| "invalid configuration".into()))
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot say, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.bind_addr()?;
+        let url = &self.database.url;
+        match url.split_once(':').map(|(scheme, _)| scheme) {
+            Some("sqlite") => {}
+            Some("postgres" | "postgresql") => {
+                url::Url::parse(url).map_err(|e| {
+                    key_error("database.url", format!("malformed PostgreSQL URL: {e}"))
+                })?;
+            }
+            _ => {
+                return Err(key_error(
+                    "database.url",
+                    "must start with sqlite:// or postgres://",
+                ));
+            }
+        }
+        if self.database.max_connections == 0 {
+            return Err(key_error("database.max_connections", "must be at least 1"));
+        }
+        if self.database.acquire_timeout_secs == 0 {
+            return Err(key_error(
+                "database.acquire_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.http.rate_limit.enabled
+            && (self.http.rate_limit.per_second == 0 || self.http.rate_limit.burst == 0)
+        {
+            return Err(key_error(
+                "http.rate_limit",
+                "per_second and burst must be at least 1 (or set enabled = false)",
+            ));
+        }
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            if token.len() < 8 || token.bytes().any(|b| !b.is_ascii_graphic()) {
+                return Err(key_error(
+                    &format!("auth.tokens[{i}]"),
+                    "must be at least 8 visible ASCII characters",
+                ));
+            }
+        }
+        if self.auth.mode == AuthMode::Oidc {
+            return Err(key_error(
+                "auth.mode",
+                "\"oidc\" is not available in this build; use \"token\"",
+            ));
+        }
+        crate::domain::money::Currency::parse(&self.orders.default_currency)
+            .map_err(|e| key_error("orders.default_currency", e))?;
+        Region::parse(&self.sms.default_region).map_err(|e| key_error("sms.default_region", e))?;
+        for on in [
+            NotifyOn::Created,
+            NotifyOn::Confirmed,
+            NotifyOn::Shipped,
+            NotifyOn::Delivered,
+            NotifyOn::Cancelled,
+        ] {
+            let key = format!(
+                "sms.templates.{}",
+                serde_json::to_value(on)
+                    .unwrap_or_default()
+                    .as_str()
+                    .unwrap_or("")
+            );
+            Template::parse(self.sms.templates.get(on)).map_err(|e| key_error(&key, e))?;
+        }
+        let positive = [
+            ("sms.rate_per_second", self.sms.rate_per_second),
+            ("sms.burst", self.sms.burst),
+            (
+                "sms.per_recipient_per_minute",
+                self.sms.per_recipient_per_minute,
+            ),
+            ("sms.max_attempts", self.sms.max_attempts),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(key_error(key, "must be at least 1"));
+            }
+        }
+        if self.sms.request_timeout_secs == 0 {
+            return Err(key_error("sms.request_timeout_secs", "must be at least 1"));
+        }
+        if self.sms.enabled && self.sms.provider == SmsProviderKind::Africastalking {
+            let at = &self.sms.africastalking;
+            url::Url::parse(&at.base_url)
+                .map_err(|e| key_error("sms.africastalking.base_url", e))?;
+            if at.api_key.is_empty() {
+                return Err(key_error(
+                    "sms.africastalking.api_key",
+                    "is required when sms.provider = \"africastalking\"",
+                ));
+            }
+            if at.username.is_empty() {
+                return Err(key_error(
+                    "sms.africastalking.username",
+                    "is required when sms.provider = \"africastalking\"",
+                ));
+            }
+        }
+        if self.live.retention_days == 0 {
+            return Err(key_error("live.retention_days", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.http.bind.parse().map_err(|_| {
+            key_error(
+                "http.bind",
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:8080",
+                    self.http.bind
+                ),
+            )
+        })
+    }
+
+    pub fn region(&self) -> Region {
+        Region::parse(&self.sms.default_region).unwrap_or_else(|_| {
+            Region::parse("KE").expect("KE is a region in libphonenumber's metadata")
+        })
+    }
+
+    pub fn template(&self, on: NotifyOn) -> Template {
+        Template::parse(self.sms.templates.get(on))
+            .unwrap_or_else(|_| Template::parse("{order_number}").expect("a valid template"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_figment(
+            Figment::from(Serialized::defaults(Settings::default())).merge(Toml::string(text)),
+        )
+    }
+
+    #[test]
+    fn the_documented_config_toml_is_exactly_the_defaults() {
+        let text = include_str!("../config.toml");
+        assert_eq!(from_toml(text).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = from_toml("[http]\nbindd = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("bindd"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = from_toml("[http]\nbind = \"nowhere\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("http.bind:"), "{err}");
+        let err = from_toml("[database]\nurl = \"mysql://x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("database.url:"), "{err}");
+        let err = from_toml("[sms.templates]\ncreated = \"Hi {name}\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sms.templates.created:"), "{err}");
+        let err = from_toml("[sms]\nnotify_on = [\"teleported\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sms.notify_on"), "{err}");
+    }
+}

@@ -1,0 +1,150 @@
+//! SMS notifications: statuses and message templates.
+
+use super::order::OrderStatus;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationStatus {
+    Queued,
+    Sending,
+    Sent,
+    Delivered,
+    Failed,
+}
+
+impl NotificationStatus {
+    pub const ALL: [Self; 5] = [
+        Self::Queued,
+        Self::Sending,
+        Self::Sent,
+        Self::Delivered,
+        Self::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| "must be one of queued, sending, sent, delivered, failed".to_string())
+    }
+}
+
+impl fmt::Display for NotificationStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a message is about: the order's creation or one of its later statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyOn {
+    Created,
+    Confirmed,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+impl NotifyOn {
+    pub fn for_status(status: OrderStatus) -> Option<Self> {
+        match status {
+            OrderStatus::Pending => None,
+            OrderStatus::Confirmed => Some(Self::Confirmed),
+            OrderStatus::Shipped => Some(Self::Shipped),
+            OrderStatus::Delivered => Some(Self::Delivered),
+            OrderStatus::Cancelled => Some(Self::Cancelled),
+        }
+    }
+}
+
+pub const PLACEHOLDERS: [&str; 7] = [
+    "customer_name",
+    "order_number",
+    "item",
+    "quantity",
+    "amount",
+    "currency",
+    "status",
+];
+
+/// A message template with `{placeholder}`s, checked when it is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(String);
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            let after = &rest[open + 1..];
+            let close = after
+                .find('}')
+                .ok_or_else(|| format!("unclosed '{{' in template {text:?}"))?;
+            let name = &after[..close];
+            if !PLACEHOLDERS.contains(&name) {
+                return Err(format!(
+                    "unknown placeholder {{{name}}} (known: {})",
+                    PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+                ));
+            }
+            rest = &after[close + 1..];
+        }
+        if text.trim().is_empty() {
+            return Err("template must not be empty".into());
+        }
+        Ok(Self(text.to_string()))
+    }
+
+    pub fn render(&self, values: &BTreeMap<&str, String>) -> String {
+        let mut out = self.0.clone();
+        for (name, value) in values {
+            out = out.replace(&format!("{{{name}}}"), value);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_render_known_placeholders() {
+        let t = Template::parse(
+            "Hi {customer_name}, order {order_number}: {item} x{quantity}, {currency} {amount}",
+        )
+        .unwrap();
+        let values = BTreeMap::from([
+            ("customer_name", "Wanjiku".to_string()),
+            ("order_number", "ORD-1".to_string()),
+            ("item", "Laptop".to_string()),
+            ("quantity", "2".to_string()),
+            ("currency", "KES".to_string()),
+            ("amount", "1200.00".to_string()),
+        ]);
+        assert_eq!(
+            t.render(&values),
+            "Hi Wanjiku, order ORD-1: Laptop x2, KES 1200.00"
+        );
+    }
+
+    #[test]
+    fn unknown_placeholders_are_refused() {
+        assert!(Template::parse("Hello {name}").is_err());
+        assert!(Template::parse("Hello {customer_name").is_err());
+        assert!(Template::parse("  ").is_err());
+    }
+}

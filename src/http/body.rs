@@ -1,0 +1,257 @@
+//! Request bodies: JSON objects read field by field, so that every bad field is reported at
+//! once, unknown fields are refused, and numbers keep their exact text (for money).
+
+use super::problem::ApiError;
+use crate::domain::FieldErrors;
+use crate::domain::money::Money;
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, web};
+use futures_util::StreamExt;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A JSON object body, its fields still raw.
+pub struct JsonObject {
+    fields: BTreeMap<String, Box<RawValue>>,
+    /// SHA-256 of the body's canonical JSON (key order and spacing do not matter).
+    pub hash: String,
+}
+
+impl FromRequest for JsonObject {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<mime::Mime>().ok())
+            .is_some_and(|m| {
+                m.type_() == mime::APPLICATION
+                    && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
+            });
+        let declared_len = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if !json {
+                return Err(ApiError::UnsupportedMediaType);
+            }
+            if declared_len.is_some_and(|n| n > MAX_BODY) {
+                return Err(ApiError::PayloadTooLarge);
+            }
+            let mut body = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| ApiError::BadRequest {
+                    detail: format!("could not read the body: {e}"),
+                    param: None,
+                })?;
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(ApiError::PayloadTooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Self::parse(&body)
+        })
+    }
+}
+
+impl JsonObject {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let malformed = |e: serde_json::Error| ApiError::BadRequest {
+            detail: format!("the body is not valid JSON: {e}"),
+            param: None,
+        };
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(malformed)?;
+        if !value.is_object() {
+            return Err(ApiError::BadRequest {
+                detail: "the body must be a JSON object".into(),
+                param: None,
+            });
+        }
+        let fields: BTreeMap<String, Box<RawValue>> =
+            serde_json::from_slice(body).map_err(malformed)?;
+        let hash = hex::encode(Sha256::digest(value.to_string().as_bytes()));
+        Ok(Self { fields, hash })
+    }
+}
+
+/// Reads fields out of a `JsonObject`, collecting every error.
+pub struct Form {
+    fields: BTreeMap<String, Box<RawValue>>,
+    errors: FieldErrors,
+}
+
+/// A JSON value converter: raw JSON to a domain value or a message.
+pub type Conv<'a, T> = Box<dyn FnOnce(&RawValue) -> Result<T, String> + 'a>;
+
+impl Form {
+    pub fn new(body: JsonObject) -> Self {
+        Self {
+            fields: body.fields,
+            errors: FieldErrors::default(),
+        }
+    }
+
+    fn take(&mut self, name: &str) -> Option<Box<RawValue>> {
+        self.fields.remove(name)
+    }
+
+    fn convert<T>(&mut self, name: &str, raw: &RawValue, conv: Conv<'_, T>) -> Option<T> {
+        if raw.get() == "null" {
+            self.errors.add(name, "must not be null");
+            return None;
+        }
+        let result = conv(raw);
+        self.errors.check(name, result)
+    }
+
+    /// A field that must be present and not null.
+    pub fn required<T>(&mut self, name: &str, conv: Conv<'_, T>) -> Option<T> {
+        match self.take(name) {
+            None => {
+                self.errors.add(name, "is required");
+                None
+            }
+            Some(raw) => self.convert(name, &raw, conv),
+        }
+    }
+
+    /// A field that may be absent, but not null.
+    pub fn optional<T>(&mut self, name: &str, conv: Conv<'_, T>) -> Option<T> {
+        let raw = self.take(name)?;
+        self.convert(name, &raw, conv)
+    }
+
+    /// A field that may be absent (`None`) or null (`Some(None)`).
+    pub fn nullable<T>(&mut self, name: &str, conv: Conv<'_, T>) -> Option<Option<T>> {
+        let raw = self.take(name)?;
+        if raw.get() == "null" {
+            return Some(None);
+        }
+        self.convert(name, &raw, conv).map(Some)
+    }
+
+    pub fn has_error(&self, name: &str) -> bool {
+        self.errors.0.contains_key(name)
+    }
+
+    pub fn error(&mut self, name: &str, message: impl Into<String>) {
+        self.errors.add(name, message);
+    }
+
+    /// Ends reading: unknown fields are errors too.
+    pub fn finish(mut self) -> Result<(), ApiError> {
+        for name in std::mem::take(&mut self.fields).into_keys() {
+            self.errors.add(name, "unknown field");
+        }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.errors))
+        }
+    }
+}
+
+/// A JSON string, then `parse`.
+pub fn text<'a, T>(parse: impl FnOnce(&str) -> Result<T, String> + 'a) -> Conv<'a, T> {
+    Box::new(move |raw| {
+        let s: String =
+            serde_json::from_str(raw.get()).map_err(|_| "must be a string".to_string())?;
+        parse(&s)
+    })
+}
+
+/// A JSON integer (no fraction, no exponent), then `check`.
+pub fn integer<'a, T>(check: impl FnOnce(i64) -> Result<T, String> + 'a) -> Conv<'a, T> {
+    Box::new(move |raw| {
+        let text = raw.get();
+        if text.is_empty()
+            || !text
+                .trim_start_matches('-')
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        {
+            return Err("must be an integer".into());
+        }
+        let n: i64 = text.parse().map_err(|_| "is out of range".to_string())?;
+        check(n)
+    })
+}
+
+/// Money: a JSON number or a decimal string, in plain notation.
+pub fn amount<'a>() -> Conv<'a, Money> {
+    Box::new(|raw| {
+        let text = raw.get();
+        if text.starts_with('"') {
+            let s: String =
+                serde_json::from_str(text).map_err(|_| "must be a string".to_string())?;
+            Money::parse(&s)
+        } else if text.starts_with(|c: char| c.is_ascii_digit() || c == '-') {
+            Money::parse(text)
+        } else {
+            Err("must be a number or a decimal string such as \"1200.00\"".into())
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(json: &str) -> Form {
+        Form::new(JsonObject::parse(json.as_bytes()).unwrap_or_else(|_| panic!("{json}")))
+    }
+
+    #[test]
+    fn all_errors_are_reported_together() {
+        let mut f = form(r#"{"amount": 1e3, "quantity": 1.5, "extra": 1, "item": null}"#);
+        assert!(f.required("amount", amount()).is_none());
+        assert!(f.optional("quantity", integer(Ok)).is_none());
+        assert!(f.required("item", text(|s| Ok(s.to_string()))).is_none());
+        assert!(f.required("name", text(|s| Ok(s.to_string()))).is_none());
+        let Err(ApiError::Validation(errors)) = f.finish() else {
+            panic!("expected 422")
+        };
+        let fields: Vec<_> = errors.0.keys().cloned().collect();
+        assert_eq!(fields, ["amount", "extra", "item", "name", "quantity"]);
+    }
+
+    #[test]
+    fn amounts_keep_their_exact_text() {
+        let mut f = form(r#"{"a": 1200.10, "b": "0.07", "c": 0.1}"#);
+        assert_eq!(f.required("a", amount()).unwrap().to_string(), "1200.10");
+        assert_eq!(f.required("b", amount()).unwrap().minor(), 7);
+        assert_eq!(f.required("c", amount()).unwrap().minor(), 10);
+        assert!(f.finish().is_ok());
+    }
+
+    #[test]
+    fn hash_ignores_key_order_and_spacing() {
+        let a = JsonObject::parse(br#"{"a":1,"b":"x"}"#).unwrap();
+        let b = JsonObject::parse(br#"{ "b": "x", "a": 1 }"#).unwrap();
+        assert_eq!(a.hash, b.hash);
+    }
+
+    #[test]
+    fn non_objects_and_bad_json_are_400() {
+        assert!(matches!(
+            JsonObject::parse(b"[1]"),
+            Err(ApiError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            JsonObject::parse(b"{"),
+            Err(ApiError::BadRequest { .. })
+        ));
+    }
+}

@@ -1,0 +1,186 @@
+//! HTTP: routes (one file per resource), problem+json errors, request ids and access logs.
+
+pub mod body;
+pub mod customers;
+pub mod health;
+pub mod orders;
+pub mod params;
+pub mod problem;
+
+use crate::auth::{self, Principal};
+use crate::domain::money::Currency;
+use crate::domain::phone::Region;
+use crate::store::Repository;
+use crate::store::repository::Write;
+use crate::store::writes::{IdemKey, WriteOp, WriteReply};
+use actix::Addr;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use body::JsonObject;
+use problem::ApiError;
+use serde::Serialize;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// What handlers share.
+pub struct AppState {
+    pub repo: Addr<Repository>,
+    pub region: Region,
+    pub currency: Currency,
+}
+
+/// Every route, for the app factory.
+pub fn configure(cfg: &mut web::ServiceConfig, auth: web::Data<auth::Authenticator>) {
+    cfg.service(web::resource("/healthz").route(web::get().to(health::healthz)))
+        .service(web::resource("/readyz").route(web::get().to(health::readyz)))
+        .service(
+            web::scope("/auth")
+                .service(resource("/me").route(web::get().to(auth::me)))
+                .wrap(actix_web::middleware::from_fn(auth::authenticate_optional)),
+        )
+        .service(
+            web::scope("/api/v1")
+                .configure(customers::routes)
+                .configure(orders::routes)
+                .default_service(web::to(problem::not_found))
+                .wrap(actix_web::middleware::from_fn(auth::require_principal)),
+        )
+        .app_data(auth)
+        .service(web::resource("/").route(web::get().to(dashboard_placeholder)))
+        .default_service(web::to(problem::not_found));
+}
+
+/// A resource whose unsupported methods answer 405 as problem+json.
+pub fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(problem::method_not_allowed))
+}
+
+async fn dashboard_placeholder() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("../../web/index.html"))
+}
+
+pub fn ok(body: impl Serialize) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(body))
+}
+
+pub async fn write(state: &AppState, op: WriteOp) -> Result<WriteReply, ApiError> {
+    Ok(state.repo.send(Write(op)).await??)
+}
+
+/// 201 with `Location` for a created resource under `collection`.
+pub fn created(collection: &str, reply: WriteReply) -> Result<HttpResponse, ApiError> {
+    let (status, body) = body_of(StatusCode::CREATED, reply)?;
+    let mut response = HttpResponse::build(status);
+    if status == StatusCode::CREATED {
+        if let Some(id) = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
+        {
+            response.insert_header((header::LOCATION, format!("{collection}/{id}")));
+        }
+    }
+    Ok(response.content_type("application/json").body(body))
+}
+
+pub fn reply(reply: WriteReply) -> Result<HttpResponse, ApiError> {
+    reply_with(StatusCode::OK, reply)
+}
+
+pub fn reply_with(status: StatusCode, reply: WriteReply) -> Result<HttpResponse, ApiError> {
+    if matches!(reply, WriteReply::Deleted) {
+        return Ok(HttpResponse::NoContent().finish());
+    }
+    let (status, body) = body_of(status, reply)?;
+    Ok(HttpResponse::build(status)
+        .content_type("application/json")
+        .body(body))
+}
+
+fn body_of(status: StatusCode, reply: WriteReply) -> Result<(StatusCode, String), ApiError> {
+    let json =
+        |r: Result<String, serde_json::Error>| r.map_err(|e| ApiError::Internal(e.to_string()));
+    Ok(match reply {
+        WriteReply::Customer(c) => (status, json(serde_json::to_string(&c))?),
+        WriteReply::Order(o) => (status, json(serde_json::to_string(&o))?),
+        WriteReply::Notification(n) => (status, json(serde_json::to_string(&n))?),
+        WriteReply::Deleted => (StatusCode::NO_CONTENT, String::new()),
+        WriteReply::Replay { status, body } => (
+            StatusCode::from_u16(status).map_err(|e| ApiError::Internal(e.to_string()))?,
+            body,
+        ),
+    })
+}
+
+/// The request's `Idempotency-Key`, bound to the principal, the route and the body.
+pub fn idempotency_key(
+    req: &HttpRequest,
+    principal: &Principal,
+    route: &'static str,
+    body: &JsonObject,
+) -> Result<Option<IdemKey>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::bad_param(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(IdemKey {
+        principal: principal.subject.clone(),
+        route,
+        key: key.to_string(),
+        request_hash: body.hash.clone(),
+    }))
+}
+
+/// The request's id: `X-Request-Id` when the client sent a sane one, else a new one.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives each request an id and a span, echoes the id, and logs one line per request.
+pub async fn request_span(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=200).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.path(),
+    );
+    let started = Instant::now();
+    let mut response = next.call(req).instrument(span.clone()).await?;
+    let status = response.status().as_u16();
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| tracing::info!(%route, status, latency_ms, "request finished"));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    Ok(response)
+}

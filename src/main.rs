@@ -1,0 +1,75 @@
+use clap::{Parser, Subcommand};
+use duka::config::{LogFormat, Settings};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+/// duka: orders, SMS notifications and a live dashboard.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// A config file to use instead of ./config.toml (DUKA__SECTION__KEY variables still apply).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+fn init_tracing(settings: &Settings) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match settings.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("duka: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&settings);
+    let system = actix_web::rt::System::new();
+    let result = system.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Migrate => {
+                duka::migrate(&settings).await?;
+                println!("duka: migrations applied");
+                Ok(())
+            }
+            Command::Serve => {
+                let app = duka::build(settings).await?;
+                let url = app.url();
+                println!("duka: listening on {url}  (dashboard: {url}/)");
+                if let Some(token) = &app.generated_token {
+                    println!("duka: API token (kept in the data directory): {token}");
+                }
+                app.run()
+                    .await
+                    .map_err(|e| duka::StartError(format!("server error: {e}")))
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("duka: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

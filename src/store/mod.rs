@@ -1,0 +1,94 @@
+//! Storage: the sea-orm connection, migrations and the Repository actor that owns them.
+
+pub mod entities;
+pub mod error;
+pub mod reads;
+pub mod repository;
+pub mod views;
+pub mod writes;
+
+pub use error::StoreError;
+pub use repository::Repository;
+
+use crate::config::Database as DbSettings;
+use migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, DatabaseConnection};
+use std::path::Path;
+use std::time::Duration;
+
+/// Opens the pool. SQLite runs in WAL mode with `synchronous=FULL` (an acknowledged order
+/// survives power loss), a busy timeout and foreign keys on; its directory is created.
+pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, String> {
+    let url = &settings.url;
+    if let Some(path) = sqlite_path(url) {
+        if let Some(dir) = Path::new(&path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create database directory {}: {e}", dir.display()))?;
+        }
+    }
+    let mut options = ConnectOptions::new(url.clone());
+    options
+        .max_connections(settings.max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+        .connect_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true)
+        });
+    sea_orm::Database::connect(options)
+        .await
+        .map_err(|e| format!("cannot connect to the database at {}: {e}", redact(url)))
+}
+
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), String> {
+    Migrator::up(db, None)
+        .await
+        .map_err(|e| format!("database migration failed: {e}"))
+}
+
+/// The file of a `sqlite:` URL, if it names one.
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| path.to_string())
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("****"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths_and_redaction() {
+        assert_eq!(
+            sqlite_path("sqlite://data/duka.db?mode=rwc").as_deref(),
+            Some("data/duka.db")
+        );
+        assert_eq!(
+            sqlite_path("sqlite:///tmp/x.db").as_deref(),
+            Some("/tmp/x.db")
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:****@h/db");
+    }
+}

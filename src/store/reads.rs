@@ -1,0 +1,295 @@
+//! Queries: lists are keyset-paginated on the UUID v7 id, newest first.
+
+use super::entities::{customer, notification, order};
+use super::error::StoreError;
+use super::views::{CustomerView, NotificationView, OrderView, Page};
+use crate::domain::notification::NotificationStatus;
+use crate::domain::order::OrderStatus;
+use crate::domain::time::Timestamp;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, Query, SimpleExpr};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use std::collections::{HashMap, HashSet};
+use uuid::Uuid;
+
+pub const DEFAULT_LIMIT: u64 = 20;
+pub const MAX_LIMIT: u64 = 100;
+
+/// Which page: at most `limit` items older than `after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: u64,
+    pub after: Option<Uuid>,
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        Self {
+            limit: DEFAULT_LIMIT,
+            after: None,
+        }
+    }
+}
+
+/// The opaque `next_cursor` for a page that ended at `id`.
+pub fn encode_cursor(id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+pub fn decode_cursor(cursor: &str) -> Option<Uuid> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    Uuid::from_slice(&bytes).ok()
+}
+
+/// `%text%` for a case-insensitive LIKE, with `%`, `_` and `\` taken literally.
+fn contains_pattern(text: &str) -> String {
+    let mut out = String::from("%");
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+fn ilike(column: impl sea_orm::sea_query::IntoColumnRef, pattern: &str) -> SimpleExpr {
+    Func::lower(Expr::col(column)).like(LikeExpr::new(pattern).escape('\\'))
+}
+
+fn after(page: PageRequest, id_column: impl ColumnTrait) -> Condition {
+    let mut c = Condition::all();
+    if let Some(after) = page.after {
+        c = c.add(id_column.lt(after));
+    }
+    c
+}
+
+fn into_page<T, M>(
+    mut rows: Vec<M>,
+    page: PageRequest,
+    id: impl Fn(&M) -> Uuid,
+    view: impl Fn(Vec<M>) -> Vec<T>,
+) -> Page<T> {
+    let more = rows.len() as u64 > page.limit;
+    rows.truncate(page.limit as usize);
+    let next_cursor = if more {
+        rows.last().map(|m| encode_cursor(id(m)))
+    } else {
+        None
+    };
+    Page {
+        items: view(rows),
+        next_cursor,
+    }
+}
+
+pub async fn get_customer(db: &impl ConnectionTrait, id: Uuid) -> Result<CustomerView, StoreError> {
+    customer::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .map(CustomerView::from)
+        .ok_or(StoreError::NotFound("customer"))
+}
+
+pub async fn list_customers(
+    db: &impl ConnectionTrait,
+    q: Option<&str>,
+    page: PageRequest,
+) -> Result<Page<CustomerView>, StoreError> {
+    let mut cond = after(page, customer::Column::Id);
+    if let Some(q) = q {
+        let pattern = contains_pattern(q);
+        cond = cond.add(
+            Condition::any()
+                .add(ilike(customer::Column::Name, &pattern))
+                .add(ilike(customer::Column::Code, &pattern))
+                .add(ilike(customer::Column::Phone, &pattern))
+                .add(ilike(customer::Column::Email, &pattern)),
+        );
+    }
+    let rows = customer::Entity::find()
+        .filter(cond)
+        .order_by_desc(customer::Column::Id)
+        .limit(page.limit + 1)
+        .all(db)
+        .await?;
+    Ok(into_page(
+        rows,
+        page,
+        |m| m.id,
+        |rows| rows.into_iter().map(CustomerView::from).collect(),
+    ))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct OrderFilter {
+    pub customer_id: Option<Uuid>,
+    pub status: Option<OrderStatus>,
+    pub q: Option<String>,
+    /// Inclusive bounds on `created_at`.
+    pub start: Option<Timestamp>,
+    pub end: Option<Timestamp>,
+}
+
+pub async fn list_orders(
+    db: &impl ConnectionTrait,
+    filter: &OrderFilter,
+    page: PageRequest,
+) -> Result<Page<OrderView>, StoreError> {
+    let mut cond = after(page, order::Column::Id);
+    if let Some(id) = filter.customer_id {
+        cond = cond.add(order::Column::CustomerId.eq(id));
+    }
+    if let Some(status) = filter.status {
+        cond = cond.add(order::Column::Status.eq(status.as_str()));
+    }
+    if let Some(start) = filter.start {
+        cond = cond.add(order::Column::CreatedAt.gte(start.millis()));
+    }
+    if let Some(end) = filter.end {
+        cond = cond.add(order::Column::CreatedAt.lte(end.millis()));
+    }
+    if let Some(q) = &filter.q {
+        let pattern = contains_pattern(q);
+        let customers = Query::select()
+            .column(customer::Column::Id)
+            .from(customer::Entity)
+            .cond_where(
+                Condition::any()
+                    .add(ilike(customer::Column::Name, &pattern))
+                    .add(ilike(customer::Column::Code, &pattern)),
+            )
+            .to_owned();
+        cond = cond.add(
+            Condition::any()
+                .add(ilike(order::Column::Item, &pattern))
+                .add(ilike(order::Column::OrderNumber, &pattern))
+                .add(order::Column::CustomerId.in_subquery(customers)),
+        );
+    }
+    let rows = order::Entity::find()
+        .filter(cond)
+        .order_by_desc(order::Column::Id)
+        .limit(page.limit + 1)
+        .all(db)
+        .await?;
+    let rows = into_page(rows, page, |m| m.id, |rows| rows);
+    Ok(Page {
+        items: order_views(db, rows.items).await?,
+        next_cursor: rows.next_cursor,
+    })
+}
+
+/// Joins orders with their customers and latest notifications (three queries per page).
+pub async fn order_views(
+    db: &impl ConnectionTrait,
+    rows: Vec<order::Model>,
+) -> Result<Vec<OrderView>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let customer_ids: HashSet<Uuid> = rows.iter().map(|o| o.customer_id).collect();
+    let customers: HashMap<Uuid, customer::Model> = customer::Entity::find()
+        .filter(customer::Column::Id.is_in(customer_ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    let order_ids: Vec<Uuid> = rows.iter().map(|o| o.id).collect();
+    let mut latest: HashMap<Uuid, notification::Model> = HashMap::new();
+    for n in notification::Entity::find()
+        .filter(notification::Column::OrderId.is_in(order_ids))
+        .order_by_desc(notification::Column::Id)
+        .all(db)
+        .await?
+    {
+        latest.entry(n.order_id).or_insert(n);
+    }
+    rows.into_iter()
+        .map(|o| {
+            let customer = customers
+                .get(&o.customer_id)
+                .ok_or_else(|| StoreError::Internal(format!("order {} has no customer", o.id)))?;
+            let n = latest.get(&o.id);
+            Ok(OrderView::new(o, customer, n))
+        })
+        .collect()
+}
+
+pub async fn get_order(db: &impl ConnectionTrait, id: Uuid) -> Result<OrderView, StoreError> {
+    let row = order::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or(StoreError::NotFound("order"))?;
+    order_views(db, vec![row])
+        .await?
+        .pop()
+        .ok_or(StoreError::NotFound("order"))
+}
+
+pub async fn latest_notification(
+    db: &impl ConnectionTrait,
+    order_id: Uuid,
+) -> Result<Option<notification::Model>, StoreError> {
+    Ok(notification::Entity::find()
+        .filter(notification::Column::OrderId.eq(order_id))
+        .order_by_desc(notification::Column::Id)
+        .one(db)
+        .await?)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NotificationFilter {
+    pub order_id: Option<Uuid>,
+    pub status: Option<NotificationStatus>,
+}
+
+pub async fn list_notifications(
+    db: &impl ConnectionTrait,
+    filter: &NotificationFilter,
+    page: PageRequest,
+) -> Result<Page<NotificationView>, StoreError> {
+    let mut cond = after(page, notification::Column::Id);
+    if let Some(id) = filter.order_id {
+        cond = cond.add(notification::Column::OrderId.eq(id));
+    }
+    if let Some(status) = filter.status {
+        cond = cond.add(notification::Column::Status.eq(status.as_str()));
+    }
+    let rows = notification::Entity::find()
+        .filter(cond)
+        .order_by_desc(notification::Column::Id)
+        .limit(page.limit + 1)
+        .all(db)
+        .await?;
+    Ok(into_page(
+        rows,
+        page,
+        |m| m.id,
+        |rows| rows.into_iter().map(NotificationView::from).collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let id = Uuid::now_v7();
+        assert_eq!(decode_cursor(&encode_cursor(id)), Some(id));
+        assert_eq!(decode_cursor("not-a-cursor!"), None);
+        assert_eq!(decode_cursor("AAAA"), None);
+    }
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(contains_pattern("50%_Off\\"), "%50\\%\\_off\\\\%");
+    }
+}

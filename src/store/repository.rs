@@ -1,0 +1,176 @@
+//! The Repository actor: the only owner of the database connection.
+//!
+//! Reads run concurrently on the pool. Writes queue in the actor and run one batch at a
+//! time, each batch in one transaction (group commit): under load a batch holds everything
+//! that arrived while the previous one was committing. After each commit the listeners (the
+//! live hub, the SMS dispatcher) get a `Committed` in commit order.
+
+use super::error::StoreError;
+use super::reads::{self, NotificationFilter, OrderFilter, PageRequest};
+use super::views::{CustomerView, NotificationView, OrderView, Page};
+use super::writes::{self, Committed, Pending, WriteConfig, WriteOp, WriteReply};
+use crate::domain::time::Timestamp;
+use actix::prelude::*;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// The most operations one transaction takes.
+const MAX_BATCH: usize = 256;
+/// Idempotency keys are kept at least this long.
+const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+pub struct Repository {
+    db: DatabaseConnection,
+    cfg: Arc<WriteConfig>,
+    pending: VecDeque<Pending>,
+    writing: bool,
+    listeners: Vec<Recipient<Committed>>,
+}
+
+impl Repository {
+    pub fn new(db: DatabaseConnection, cfg: WriteConfig) -> Self {
+        Self {
+            db,
+            cfg: Arc::new(cfg),
+            pending: VecDeque::new(),
+            writing: false,
+            listeners: Vec::new(),
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || self.pending.is_empty() {
+            return;
+        }
+        self.writing = true;
+        let n = self.pending.len().min(MAX_BATCH);
+        let batch: Vec<Pending> = self.pending.drain(..n).collect();
+        let db = self.db.clone();
+        let cfg = self.cfg.clone();
+        ctx.spawn(
+            async move { writes::run_batch(&db, &cfg, batch).await }
+                .into_actor(self)
+                .map(|committed, act, ctx| {
+                    act.writing = false;
+                    if let Some(committed) = committed {
+                        if !committed.events.is_empty() || !committed.queued.is_empty() {
+                            for listener in &act.listeners {
+                                listener.do_send(committed.clone());
+                            }
+                        }
+                    }
+                    act.flush(ctx);
+                }),
+        );
+    }
+}
+
+impl Actor for Repository {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // The mailbox must not push back on HTTP handlers; the pending queue is the buffer.
+        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.run_interval(Duration::from_secs(600), |act, ctx| {
+            let db = act.db.clone();
+            ctx.spawn(
+                async move {
+                    let cutoff = Timestamp::now().millis() - IDEMPOTENCY_TTL_MS;
+                    use super::entities::idempotency_key as k;
+                    match k::Entity::delete_many()
+                        .filter(k::Column::CreatedAt.lt(cutoff))
+                        .exec(&db)
+                        .await
+                    {
+                        Ok(r) if r.rows_affected > 0 => {
+                            tracing::debug!(
+                                removed = r.rows_affected,
+                                "expired idempotency keys removed"
+                            )
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "could not prune idempotency keys"),
+                    }
+                }
+                .into_actor(act),
+            );
+        });
+    }
+}
+
+/// Registers a listener for committed batches.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Listen(pub Recipient<Committed>);
+
+impl Handler<Listen> for Repository {
+    type Result = ();
+
+    fn handle(&mut self, msg: Listen, _: &mut Self::Context) {
+        self.listeners.push(msg.0);
+    }
+}
+
+/// A change, applied in the next batch.
+#[derive(Message)]
+#[rtype(result = "Result<WriteReply, StoreError>")]
+pub struct Write(pub WriteOp);
+
+impl Handler<Write> for Repository {
+    type Result = ResponseFuture<Result<WriteReply, StoreError>>;
+
+    fn handle(&mut self, msg: Write, ctx: &mut Self::Context) -> Self::Result {
+        let (reply, answer) = oneshot::channel();
+        self.pending.push_back(Pending { op: msg.0, reply });
+        self.flush(ctx);
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("the writer stopped".into())))
+        })
+    }
+}
+
+/// A read-only query message, answered concurrently with other reads and with writes.
+macro_rules! query {
+    ($(#[$doc:meta])* $name:ident { $($field:ident : $ty:ty),* $(,)? } -> $out:ty, |$db:ident, $msg:ident| $body:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name { $(pub $field: $ty),* }
+
+        impl Message for $name {
+            type Result = Result<$out, StoreError>;
+        }
+
+        impl Handler<$name> for Repository {
+            type Result = ResponseFuture<Result<$out, StoreError>>;
+
+            fn handle(&mut self, $msg: $name, _: &mut Self::Context) -> Self::Result {
+                let $db = self.db.clone();
+                Box::pin(async move { $body })
+            }
+        }
+    };
+}
+
+query!(GetCustomer { id: Uuid } -> CustomerView, |db, m| reads::get_customer(&db, m.id).await);
+query!(ListCustomers { q: Option<String>, page: PageRequest } -> Page<CustomerView>,
+    |db, m| reads::list_customers(&db, m.q.as_deref(), m.page).await);
+query!(GetOrder { id: Uuid } -> OrderView, |db, m| reads::get_order(&db, m.id).await);
+query!(ListOrders { filter: OrderFilter, page: PageRequest } -> Page<OrderView>,
+    |db, m| reads::list_orders(&db, &m.filter, m.page).await);
+query!(ListNotifications { filter: NotificationFilter, page: PageRequest } -> Page<NotificationView>,
+    |db, m| reads::list_notifications(&db, &m.filter, m.page).await);
+query!(
+    /// Answers when the database does, within `timeout`.
+    Ping { timeout: Duration } -> (),
+    |db, m| match tokio::time::timeout(m.timeout, db.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+        Err(_) => Err(StoreError::Unavailable("the database did not answer in time".into())),
+    }
+);

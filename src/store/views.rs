@@ -1,0 +1,157 @@
+//! What clients see: the JSON shapes of CONTRACT.md, built from rows.
+
+use super::entities::{customer, notification, order};
+use crate::domain::money::Money;
+use crate::domain::time::Timestamp;
+use serde::Serialize;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CustomerView {
+    pub id: Uuid,
+    pub name: String,
+    pub code: String,
+    pub phone: String,
+    pub email: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl From<customer::Model> for CustomerView {
+    fn from(m: customer::Model) -> Self {
+        Self {
+            id: m.id,
+            name: m.name,
+            code: m.code,
+            phone: m.phone,
+            email: m.email,
+            created_at: Timestamp::from_millis(m.created_at),
+            updated_at: Timestamp::from_millis(m.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CustomerSummary {
+    pub id: Uuid,
+    pub name: String,
+    pub code: String,
+    pub phone: String,
+}
+
+impl From<&customer::Model> for CustomerSummary {
+    fn from(m: &customer::Model) -> Self {
+        Self {
+            id: m.id,
+            name: m.name.clone(),
+            code: m.code.clone(),
+            phone: m.phone.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NotificationSummary {
+    pub id: Uuid,
+    pub status: String,
+    pub updated_at: Timestamp,
+}
+
+impl From<&notification::Model> for NotificationSummary {
+    fn from(m: &notification::Model) -> Self {
+        Self {
+            id: m.id,
+            status: m.status.clone(),
+            updated_at: Timestamp::from_millis(m.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OrderView {
+    pub id: Uuid,
+    pub order_number: String,
+    pub customer: CustomerSummary,
+    pub item: String,
+    pub quantity: i32,
+    pub amount: String,
+    pub currency: String,
+    pub status: String,
+    pub notification: Option<NotificationSummary>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl OrderView {
+    pub fn new(
+        m: order::Model,
+        customer: &customer::Model,
+        latest: Option<&notification::Model>,
+    ) -> Self {
+        Self {
+            id: m.id,
+            order_number: m.order_number,
+            customer: customer.into(),
+            item: m.item,
+            quantity: m.quantity,
+            amount: format_minor(m.amount_minor),
+            currency: m.currency,
+            status: m.status,
+            notification: latest.map(NotificationSummary::from),
+            created_at: Timestamp::from_millis(m.created_at),
+            updated_at: Timestamp::from_millis(m.updated_at),
+        }
+    }
+}
+
+fn format_minor(minor: i64) -> String {
+    match Money::from_minor(minor) {
+        Ok(money) => money.to_string(),
+        // Stored amounts were validated on the way in; keep an odd row readable anyway.
+        Err(_) => format!("{}.{:02}", minor / 100, (minor % 100).abs()),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NotificationView {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub customer_id: Uuid,
+    pub phone: String,
+    pub message: String,
+    pub status: String,
+    pub attempts: i32,
+    pub provider: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub cost: Option<String>,
+    pub error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl From<notification::Model> for NotificationView {
+    fn from(m: notification::Model) -> Self {
+        Self {
+            id: m.id,
+            order_id: m.order_id,
+            customer_id: m.customer_id,
+            phone: m.phone,
+            message: m.message,
+            status: m.status,
+            attempts: m.attempts,
+            provider: m.provider,
+            provider_message_id: m.provider_message_id,
+            cost: m.cost,
+            error: m.error,
+            created_at: Timestamp::from_millis(m.created_at),
+            updated_at: Timestamp::from_millis(m.updated_at),
+        }
+    }
+}
+
+/// One page of a keyset-paginated list.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}

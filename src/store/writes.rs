@@ -1,0 +1,668 @@
+//! The write path: every change is an operation applied inside one transaction, in batches
+//! (group commit). Each operation writes its rows, its events (with gap-free `seq`) and its
+//! idempotency record; nothing is visible to anyone until the batch commits.
+
+use super::entities::{customer, event, idempotency_key, notification, order};
+use super::error::StoreError;
+use super::reads;
+use super::views::{CustomerView, NotificationView, OrderView};
+use crate::domain::FieldErrors;
+use crate::domain::customer::{CustomerCode, CustomerPatch, NewCustomer};
+use crate::domain::event::{Event, EventType};
+use crate::domain::money::Money;
+use crate::domain::notification::{NotificationStatus, NotifyOn, Template};
+use crate::domain::order::{CustomerRef, NewOrder, OrderPatch, OrderStatus, generate_order_number};
+use crate::domain::time::Timestamp;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    IntoActiveModel, PaginatorTrait, QueryFilter, SqliteTransactionMode, Statement,
+    TransactionOptions, TransactionTrait,
+};
+use std::collections::BTreeMap;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// What the write path needs to know from the settings.
+#[derive(Debug, Clone)]
+pub struct WriteConfig {
+    /// `None` when SMS is disabled: orders then get no notification rows.
+    pub sms_provider: Option<String>,
+    pub notify_on: Vec<NotifyOn>,
+    pub templates: BTreeMap<NotifyOn, Template>,
+}
+
+/// An `Idempotency-Key` with what it is bound to.
+#[derive(Debug, Clone)]
+pub struct IdemKey {
+    pub principal: String,
+    pub route: &'static str,
+    pub key: String,
+    /// SHA-256 of the request body as received.
+    pub request_hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    CreateCustomer {
+        customer: NewCustomer,
+        idem: Option<IdemKey>,
+    },
+    UpdateCustomer {
+        id: Uuid,
+        patch: CustomerPatch,
+    },
+    DeleteCustomer {
+        id: Uuid,
+    },
+    CreateOrder {
+        order: NewOrder,
+        idem: Option<IdemKey>,
+    },
+    UpdateOrder {
+        id: Uuid,
+        patch: OrderPatch,
+    },
+    DeleteOrder {
+        id: Uuid,
+    },
+    /// A fresh SMS for an order (the "resend" button).
+    QueueNotification {
+        order_id: Uuid,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum WriteReply {
+    Customer(CustomerView),
+    Order(OrderView),
+    Notification(NotificationView),
+    Deleted,
+    /// An idempotent repeat: the original response, verbatim.
+    Replay {
+        status: u16,
+        body: String,
+    },
+}
+
+/// What a committed batch tells the rest of the system.
+#[derive(Debug, Clone, Default, actix::Message)]
+#[rtype(result = "()")]
+pub struct Committed {
+    /// In `seq` order.
+    pub events: Vec<Event>,
+    /// Notification rows now `queued`, to be sent.
+    pub queued: Vec<Uuid>,
+}
+
+pub struct Pending {
+    pub op: WriteOp,
+    pub reply: oneshot::Sender<Result<WriteReply, StoreError>>,
+}
+
+/// Runs one batch in one transaction, answers every caller, and returns what was committed.
+pub async fn run_batch(
+    db: &DatabaseConnection,
+    cfg: &WriteConfig,
+    batch: Vec<Pending>,
+) -> Option<Committed> {
+    let (ops, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+    match execute(db, cfg, ops).await {
+        Ok((results, committed)) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A caller that went away (client disconnected) still had its change committed.
+                let _ = reply.send(result);
+            }
+            Some(committed)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, size = replies.len(), "write batch failed");
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+            None
+        }
+    }
+}
+
+async fn execute(
+    db: &DatabaseConnection,
+    cfg: &WriteConfig,
+    ops: Vec<WriteOp>,
+) -> Result<(Vec<Result<WriteReply, StoreError>>, Committed), StoreError> {
+    let txn = db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?;
+    let last_seq = lock_event_counter(&txn).await?;
+    let mut ctx = BatchCtx::new(cfg, last_seq + 1);
+    let mut results = Vec::with_capacity(ops.len());
+
+    if ops.len() == 1 {
+        let op = ops.into_iter().next().expect("one operation");
+        match apply(&txn, op, &mut ctx).await {
+            Ok(reply) => results.push(Ok(reply)),
+            Err(e) if e.is_infrastructure() => return Err(e),
+            Err(e) => {
+                txn.rollback().await?;
+                return Ok((vec![Err(e)], Committed::default()));
+            }
+        }
+    } else {
+        // Each operation in its own savepoint: a bad request rolls back alone.
+        for op in ops {
+            let savepoint = txn.begin().await?;
+            let mark = ctx.mark();
+            match apply(&savepoint, op, &mut ctx).await {
+                Ok(reply) => {
+                    savepoint.commit().await?;
+                    results.push(Ok(reply));
+                }
+                Err(e) if e.is_infrastructure() => return Err(e),
+                Err(e) => {
+                    savepoint.rollback().await?;
+                    ctx.reset(mark);
+                    results.push(Err(e));
+                }
+            }
+        }
+    }
+
+    if ctx.next_seq != last_seq + 1 {
+        let backend = txn.get_database_backend();
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            match backend {
+                DbBackend::Postgres => "UPDATE event_counter SET last_seq = $1 WHERE id = 1",
+                _ => "UPDATE event_counter SET last_seq = ? WHERE id = 1",
+            },
+            [(ctx.next_seq - 1).into()],
+        ))
+        .await?;
+    }
+    txn.commit().await?;
+    Ok((results, ctx.committed))
+}
+
+/// Reads the last assigned `seq` and, on PostgreSQL, locks the counter row until commit so
+/// that several instances assign `seq` in commit order. On SQLite the IMMEDIATE transaction
+/// already holds the database's write lock.
+async fn lock_event_counter(txn: &impl ConnectionTrait) -> Result<i64, StoreError> {
+    let backend = txn.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => "SELECT last_seq FROM event_counter WHERE id = 1 FOR UPDATE",
+        _ => "SELECT last_seq FROM event_counter WHERE id = 1",
+    };
+    let row = txn
+        .query_one_raw(Statement::from_string(backend, sql))
+        .await?
+        .ok_or_else(|| StoreError::Internal("event_counter row is missing".into()))?;
+    Ok(row.try_get::<i64>("", "last_seq")?)
+}
+
+struct BatchCtx<'a> {
+    cfg: &'a WriteConfig,
+    next_seq: i64,
+    committed: Committed,
+}
+
+#[derive(Clone, Copy)]
+struct Mark {
+    next_seq: i64,
+    events: usize,
+    queued: usize,
+}
+
+impl<'a> BatchCtx<'a> {
+    fn new(cfg: &'a WriteConfig, next_seq: i64) -> Self {
+        Self {
+            cfg,
+            next_seq,
+            committed: Committed::default(),
+        }
+    }
+
+    fn mark(&self) -> Mark {
+        Mark {
+            next_seq: self.next_seq,
+            events: self.committed.events.len(),
+            queued: self.committed.queued.len(),
+        }
+    }
+
+    fn reset(&mut self, mark: Mark) {
+        self.next_seq = mark.next_seq;
+        self.committed.events.truncate(mark.events);
+        self.committed.queued.truncate(mark.queued);
+    }
+
+    async fn emit(
+        &mut self,
+        txn: &impl ConnectionTrait,
+        kind: EventType,
+        data: impl serde::Serialize,
+    ) -> Result<(), StoreError> {
+        let data = serde_json::to_value(data).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let at = Timestamp::now();
+        let row = event::Model {
+            seq: self.next_seq,
+            kind: kind.as_str().to_string(),
+            at: at.millis(),
+            data: data.to_string(),
+        };
+        event::Entity::insert(row.into_active_model())
+            .exec_without_returning(txn)
+            .await?;
+        self.committed.events.push(Event {
+            kind,
+            seq: self.next_seq,
+            at,
+            data,
+        });
+        self.next_seq += 1;
+        Ok(())
+    }
+}
+
+async fn apply(
+    txn: &impl ConnectionTrait,
+    op: WriteOp,
+    ctx: &mut BatchCtx<'_>,
+) -> Result<WriteReply, StoreError> {
+    match op {
+        WriteOp::CreateCustomer { customer, idem } => {
+            idempotent(txn, idem, 201, async |txn| {
+                create_customer(txn, customer, ctx)
+                    .await
+                    .map(WriteReply::Customer)
+            })
+            .await
+        }
+        WriteOp::UpdateCustomer { id, patch } => update_customer(txn, id, patch, ctx).await,
+        WriteOp::DeleteCustomer { id } => delete_customer(txn, id, ctx).await,
+        WriteOp::CreateOrder { order, idem } => {
+            idempotent(txn, idem, 201, async |txn| {
+                create_order(txn, order, ctx).await.map(WriteReply::Order)
+            })
+            .await
+        }
+        WriteOp::UpdateOrder { id, patch } => update_order(txn, id, patch, ctx).await,
+        WriteOp::DeleteOrder { id } => delete_order(txn, id, ctx).await,
+        WriteOp::QueueNotification { order_id } => queue_again(txn, order_id, ctx).await,
+    }
+}
+
+/// Runs `create` once per key: a repeat with the same body gets the stored response.
+async fn idempotent<C, F>(
+    txn: &C,
+    idem: Option<IdemKey>,
+    status: u16,
+    create: F,
+) -> Result<WriteReply, StoreError>
+where
+    C: ConnectionTrait,
+    F: AsyncFnOnce(&C) -> Result<WriteReply, StoreError>,
+{
+    let Some(idem) = idem else {
+        return create(txn).await;
+    };
+    let stored = idempotency_key::Entity::find_by_id((
+        idem.principal.clone(),
+        idem.route.to_string(),
+        idem.key.clone(),
+    ))
+    .one(txn)
+    .await?;
+    if let Some(stored) = stored {
+        if stored.request_hash != idem.request_hash {
+            return Err(StoreError::Conflict(
+                "this Idempotency-Key was already used with a different request body".into(),
+            ));
+        }
+        return Ok(WriteReply::Replay {
+            status: u16::try_from(stored.status).unwrap_or(status),
+            body: stored.body,
+        });
+    }
+    let reply = create(txn).await?;
+    let body = match &reply {
+        WriteReply::Customer(c) => serde_json::to_string(c),
+        WriteReply::Order(o) => serde_json::to_string(o),
+        WriteReply::Notification(n) => serde_json::to_string(n),
+        WriteReply::Deleted | WriteReply::Replay { .. } => Ok(String::new()),
+    }
+    .map_err(|e| StoreError::Internal(e.to_string()))?;
+    let record = idempotency_key::Model {
+        principal: idem.principal,
+        route: idem.route.to_string(),
+        key: idem.key,
+        request_hash: idem.request_hash,
+        status: i32::from(status),
+        body,
+        created_at: Timestamp::now().millis(),
+    };
+    idempotency_key::Entity::insert(record.into_active_model())
+        .exec_without_returning(txn)
+        .await?;
+    Ok(reply)
+}
+
+async fn code_taken(txn: &impl ConnectionTrait, code: &str) -> Result<bool, StoreError> {
+    Ok(customer::Entity::find()
+        .filter(customer::Column::Code.eq(code))
+        .count(txn)
+        .await?
+        > 0)
+}
+
+async fn create_customer(
+    txn: &impl ConnectionTrait,
+    new: NewCustomer,
+    ctx: &mut BatchCtx<'_>,
+) -> Result<CustomerView, StoreError> {
+    let code = match new.code {
+        Some(code) => code,
+        None => loop {
+            let candidate = CustomerCode::generate();
+            if !code_taken(txn, candidate.as_str()).await? {
+                break candidate;
+            }
+        },
+    };
+    let now = Timestamp::now().millis();
+    let row = customer::Model {
+        id: Uuid::now_v7(),
+        name: new.name,
+        code: code.into_string(),
+        phone: new.phone.into_string(),
+        email: new.email,
+        created_at: now,
+        updated_at: now,
+    };
+    customer::Entity::insert(row.clone().into_active_model())
+        .exec_without_returning(txn)
+        .await?;
+    let view = CustomerView::from(row);
+    ctx.emit(txn, EventType::CustomerCreated, &view).await?;
+    Ok(view)
+}
+
+async fn update_customer(
+    txn: &impl ConnectionTrait,
+    id: Uuid,
+    patch: CustomerPatch,
+    ctx: &mut BatchCtx<'_>,
+) -> Result<WriteReply, StoreError> {
+    let current = customer::Entity::find_by_id(id)
+        .one(txn)
+        .await?
+        .ok_or(StoreError::NotFound("customer"))?;
+    let mut next = current.clone();
+    if let Some(name) = patch.name {
+        next.name = name;
+    }
+    if let Some(code) = patch.code {
+        next.code = code.into_string();
+    }
+    if let Some(phone) = patch.phone {
+        next.phone = phone.into_string();
+    }
+    if let Some(email) = patch.email {
+        next.email = email;
+    }
+    if next == current {
+        return Ok(WriteReply::Customer(current.into()));
+    }
+    next.updated_at = Timestamp::now().millis().max(current.updated_at);
+    customer::Entity::update(next.clone().into_active_model().reset_all())
+        .exec_without_returning(txn)
+        .await?;
+    let view = CustomerView::from(next);
+    ctx.emit(txn, EventType::CustomerUpdated, &view).await?;
+    Ok(WriteReply::Customer(view))
+}
+
+async fn delete_customer(
+    txn: &impl ConnectionTrait,
+    id: Uuid,
+    ctx: &mut BatchCtx<'_>,
+) -> Result<WriteReply, StoreError> {
+    if customer::Entity::find_by_id(id).one(txn).await?.is_none() {
+        return Err(StoreError::NotFound("customer"));
+    }
+    let orders = order::Entity::find()
+        .filter(order::Column::CustomerId.eq(id))
+        .count(txn)
+        .await?;
+    if orders > 0 {
+        return Err(StoreError::Conflict(format!(
+            "the customer has {orders} order(s); delete them first"
+        )));
+    }
+    customer::Entity::delete_by_id(id).exec(txn).await?;
+    ctx.emit(
+        txn,
+        EventType::CustomerDeleted,
+        serde_json::json!({ "id": id }),
+    )
+    .await?;
+    Ok(WriteReply::Deleted)
+}
+
+async fn create_order(
+    txn: &impl ConnectionTrait,
+    new: NewOrder,
+    ctx: &mut BatchCtx<'_>,
+) -> Result<OrderView, StoreError> {
+    let (found, field) = match &new.customer {
+        CustomerRef::Id(id) => (
+            customer::Entity::find_by_id(*id).one(txn).await?,
+            "customer_id",
+        ),
+        CustomerRef::Code(code) => (
+            customer::Entity::find()
+                .filter(customer::Column::Code.eq(code.as_str()))
+                .one(txn)
+                .await?,
+            "customer_code",
+        ),
+    };
+    let customer = found
+        .ok_or_else(|| StoreError::Validation(FieldErrors::single(field, "no such customer")))?;
+    let now = Timestamp::now();
+    let order_number = loop {
+        let candidate = generate_order_number(now);
+        let taken = order::Entity::find()
+            .filter(order::Column::OrderNumber.eq(candidate.as_str()))
+            .count(txn)
+            .await?;
+        if taken == 0 {
+            break candidate;
+        }
+    };
+    let row = order::Model {
+        id: Uuid::now_v7(),
+        order_number,
+        customer_id: customer.id,
+        item: new.item,
+        quantity: new.quantity,
+        amount_minor: new.amount.minor(),
+        currency: new.currency.code().to_string(),
+        status: OrderStatus::Pending.as_str().to_string(),
+        created_at: now.millis(),
+        updated_at: now.millis(),
+    };
+    order::Entity::insert(row.clone().into_active_model())
+        .exec_without_returning(txn)
+        .await?;
+    let notification =
+        queue_notification(txn, &row, &customer, NotifyOn::Created, ctx, false).await?;
+    let view = OrderView::new(row, &customer, notification.as_ref());
+    ctx.emit(txn, EventType::OrderCreated, &view).await?;
+    Ok(view)
+}
+
+/// Writes a `queued` notification for `on` when SMS is enabled and (unless `always`) the
+/// event is in `sms.notify_on`.
+async fn queue_notification(
+    txn: &impl ConnectionTrait,
+    order: &order::Model,
+    customer: &customer::Model,
+    on: NotifyOn,
+    ctx: &mut BatchCtx<'_>,
+    always: bool,
+) -> Result<Option<notification::Model>, StoreError> {
+    let Some(provider) = &ctx.cfg.sms_provider else {
+        return Ok(None);
+    };
+    if !always && !ctx.cfg.notify_on.contains(&on) {
+        return Ok(None);
+    }
+    let Some(template) = ctx.cfg.templates.get(&on) else {
+        return Ok(None);
+    };
+    let amount = Money::from_minor(order.amount_minor)
+        .map(|m| m.to_string())
+        .unwrap_or_default();
+    let values = BTreeMap::from([
+        ("customer_name", customer.name.clone()),
+        ("order_number", order.order_number.clone()),
+        ("item", order.item.clone()),
+        ("quantity", order.quantity.to_string()),
+        ("amount", amount),
+        ("currency", order.currency.clone()),
+        ("status", order.status.clone()),
+    ]);
+    let now = Timestamp::now().millis();
+    let row = notification::Model {
+        id: Uuid::now_v7(),
+        order_id: order.id,
+        customer_id: customer.id,
+        phone: customer.phone.clone(),
+        message: template.render(&values),
+        status: NotificationStatus::Queued.as_str().to_string(),
+        attempts: 0,
+        provider: Some(provider.clone()),
+        provider_message_id: None,
+        cost: None,
+        error: None,
+        next_attempt_at: Some(now),
+        lease_until: None,
+        created_at: now,
+        updated_at: now,
+    };
+    notification::Entity::insert(row.clone().into_active_model())
+        .exec_without_returning(txn)
+        .await?;
+    ctx.committed.queued.push(row.id);
+    Ok(Some(row))
+}
+
+async fn update_order(
+    txn: &impl ConnectionTrait,
+    id: Uuid,
+    patch: OrderPatch,
+    ctx: &mut BatchCtx<'_>,
+) -> Result<WriteReply, StoreError> {
+    let current = order::Entity::find_by_id(id)
+        .one(txn)
+        .await?
+        .ok_or(StoreError::NotFound("order"))?;
+    let from = OrderStatus::parse(&current.status).map_err(StoreError::Internal)?;
+    let mut next = current.clone();
+    if let Some(item) = patch.item {
+        next.item = item;
+    }
+    if let Some(quantity) = patch.quantity {
+        next.quantity = quantity;
+    }
+    if let Some(amount) = patch.amount {
+        next.amount_minor = amount.minor();
+    }
+    let mut notify = None;
+    if let Some(to) = patch.status {
+        from.transition(to).map_err(StoreError::Conflict)?;
+        if to != from {
+            next.status = to.as_str().to_string();
+            notify = NotifyOn::for_status(to);
+        }
+    }
+    if next != current && matches!(from, OrderStatus::Delivered | OrderStatus::Cancelled) {
+        return Err(StoreError::Conflict(format!(
+            "a {from} order cannot be changed"
+        )));
+    }
+    let customer = customer::Entity::find_by_id(current.customer_id)
+        .one(txn)
+        .await?
+        .ok_or_else(|| StoreError::Internal("order without customer".into()))?;
+    if next == current {
+        let latest = reads::latest_notification(txn, id).await?;
+        return Ok(WriteReply::Order(OrderView::new(
+            current,
+            &customer,
+            latest.as_ref(),
+        )));
+    }
+    next.updated_at = Timestamp::now().millis().max(current.updated_at);
+    order::Entity::update(next.clone().into_active_model().reset_all())
+        .exec_without_returning(txn)
+        .await?;
+    if let Some(on) = notify {
+        queue_notification(txn, &next, &customer, on, ctx, false).await?;
+    }
+    let latest = reads::latest_notification(txn, id).await?;
+    let view = OrderView::new(next, &customer, latest.as_ref());
+    ctx.emit(txn, EventType::OrderUpdated, &view).await?;
+    Ok(WriteReply::Order(view))
+}
+
+async fn delete_order(
+    txn: &impl ConnectionTrait,
+    id: Uuid,
+    ctx: &mut BatchCtx<'_>,
+) -> Result<WriteReply, StoreError> {
+    let deleted = order::Entity::delete_by_id(id).exec(txn).await?;
+    if deleted.rows_affected == 0 {
+        return Err(StoreError::NotFound("order"));
+    }
+    ctx.emit(
+        txn,
+        EventType::OrderDeleted,
+        serde_json::json!({ "id": id }),
+    )
+    .await?;
+    Ok(WriteReply::Deleted)
+}
+
+async fn queue_again(
+    txn: &impl ConnectionTrait,
+    order_id: Uuid,
+    ctx: &mut BatchCtx<'_>,
+) -> Result<WriteReply, StoreError> {
+    if ctx.cfg.sms_provider.is_none() {
+        return Err(StoreError::Conflict(
+            "SMS is disabled (sms.enabled = false)".into(),
+        ));
+    }
+    let order = order::Entity::find_by_id(order_id)
+        .one(txn)
+        .await?
+        .ok_or(StoreError::NotFound("order"))?;
+    let customer = customer::Entity::find_by_id(order.customer_id)
+        .one(txn)
+        .await?
+        .ok_or_else(|| StoreError::Internal("order without customer".into()))?;
+    let status = OrderStatus::parse(&order.status).map_err(StoreError::Internal)?;
+    let on = NotifyOn::for_status(status).unwrap_or(NotifyOn::Created);
+    let row = queue_notification(txn, &order, &customer, on, ctx, true)
+        .await?
+        .ok_or_else(|| StoreError::Internal("no template for notification".into()))?;
+    let view = OrderView::new(order, &customer, Some(&row));
+    ctx.emit(txn, EventType::OrderUpdated, &view).await?;
+    let notification = NotificationView::from(row);
+    ctx.emit(txn, EventType::NotificationUpdated, &notification)
+        .await?;
+    Ok(WriteReply::Notification(notification))
+}
