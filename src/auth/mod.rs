@@ -79,7 +79,11 @@ impl Authenticator {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
-        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 0 {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(4096)
+        {
             limiter.retain_recent();
         }
         limiter.check_key(&key.to_string()).map_err(|not_until| {
@@ -158,10 +162,10 @@ pub async fn authenticate_optional(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned() {
-        if let Ok(principal) = auth.authenticate(req.request()) {
-            req.extensions_mut().insert(principal);
-        }
+    if let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned()
+        && let Ok(principal) = auth.authenticate(req.request())
+    {
+        req.extensions_mut().insert(principal);
     }
     next.call(req).await
 }

@@ -51,10 +51,10 @@ pub enum DateBound {
 
 impl DateBound {
     pub fn parse(input: &str) -> Result<Self, String> {
-        if let Ok(day) = NaiveDate::parse_from_str(input, "%Y-%m-%d") {
-            if input.len() == 10 {
-                return Ok(Self::Day(day));
-            }
+        if let Ok(day) = NaiveDate::parse_from_str(input, "%Y-%m-%d")
+            && input.len() == 10
+        {
+            return Ok(Self::Day(day));
         }
         DateTime::parse_from_rfc3339(input)
             .map(|t| Self::Instant(Timestamp(t.with_timezone(&Utc).timestamp_millis())))

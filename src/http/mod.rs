@@ -77,13 +77,12 @@ pub async fn write(state: &AppState, op: WriteOp) -> Result<WriteReply, ApiError
 pub fn created(collection: &str, reply: WriteReply) -> Result<HttpResponse, ApiError> {
     let (status, body) = body_of(StatusCode::CREATED, reply)?;
     let mut response = HttpResponse::build(status);
-    if status == StatusCode::CREATED {
-        if let Some(id) = serde_json::from_str::<serde_json::Value>(&body)
+    if status == StatusCode::CREATED
+        && let Some(id) = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
-        {
-            response.insert_header((header::LOCATION, format!("{collection}/{id}")));
-        }
+    {
+        response.insert_header((header::LOCATION, format!("{collection}/{id}")));
     }
     Ok(response.content_type("application/json").body(body))
 }

@@ -46,13 +46,13 @@ async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRespon
     let start = params.parse("start_date", DateBound::parse)?;
     let end = params.parse("end_date", DateBound::parse)?;
     let (start, end) = (start.map(DateBound::start), end.map(DateBound::end));
-    if let (Some(s), Some(e)) = (start, end) {
-        if s > e {
-            return Err(ApiError::bad_param(
-                "start_date",
-                "must not be after end_date",
-            ));
-        }
+    if let (Some(s), Some(e)) = (start, end)
+        && s > e
+    {
+        return Err(ApiError::bad_param(
+            "start_date",
+            "must not be after end_date",
+        ));
     }
     let filter = OrderFilter {
         customer_id: params.uuid("customer_id")?,

@@ -21,15 +21,17 @@ use std::time::Duration;
 /// survives power loss), a busy timeout and foreign keys on; its directory is created.
 pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, String> {
     let url = &settings.url;
-    if let Some(path) = sqlite_path(url) {
-        if let Some(dir) = Path::new(&path)
+    if let Some(path) = sqlite_path(url)
+        && let Some(dir) = Path::new(&path)
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create database directory {}: {e}", dir.display()))?;
-        }
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create database directory {}: {e}", dir.display()))?;
     }
+    // A database locked by another process for longer than this answers 503, like a pool
+    // that cannot hand out a connection.
+    let busy_timeout = Duration::from_secs(settings.acquire_timeout_secs);
     let mut options = ConnectOptions::new(url.clone());
     options
         .max_connections(settings.max_connections)
@@ -37,10 +39,10 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, String
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .connect_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .sqlx_logging(false)
-        .map_sqlx_sqlite_opts(|o| {
+        .map_sqlx_sqlite_opts(move |o| {
             o.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(5))
+                .busy_timeout(busy_timeout)
                 .foreign_keys(true)
         });
     sea_orm::Database::connect(options)

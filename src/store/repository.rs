@@ -56,11 +56,11 @@ impl Repository {
                 .into_actor(self)
                 .map(|committed, act, ctx| {
                     act.writing = false;
-                    if let Some(committed) = committed {
-                        if !committed.events.is_empty() || !committed.queued.is_empty() {
-                            for listener in &act.listeners {
-                                listener.do_send(committed.clone());
-                            }
+                    if let Some(committed) = committed
+                        && (!committed.events.is_empty() || !committed.queued.is_empty())
+                    {
+                        for listener in &act.listeners {
+                            listener.do_send(committed.clone());
                         }
                     }
                     act.flush(ctx);
