@@ -487,7 +487,9 @@ async fn customer_create_answers_201_with_location_and_the_contract_shape() {
     let e164 = unique_phone();
     let spaced = format!("{} {} {}", &e164[..4], &e164[4..7], &e164[7..]);
     let long = app
-        .create_customer(json!({ "phone": spaced, "name": "é".repeat(200), "code": format!("{:Z<32}", "Z") }))
+        .create_customer(
+            json!({ "phone": spaced, "name": "é".repeat(200), "code": format!("{:Z<32}", "Z") }),
+        )
         .await;
     assert_eq!(long["phone"], e164);
     assert_eq!(long["code"], "Z".repeat(32));
@@ -563,20 +565,18 @@ async fn customer_patch_changes_only_the_given_fields() {
         (json!({ "code": "-X" }), vec!["code"]),
         (json!({ "nickname": "Shiro" }), vec!["nickname"]),
         (json!({ "id": uuid::Uuid::now_v7() }), vec!["id"]),
-        (json!({ "created_at": "2026-01-01T00:00:00.000Z" }), vec!["created_at"]),
+        (
+            json!({ "created_at": "2026-01-01T00:00:00.000Z" }),
+            vec!["created_at"],
+        ),
         (
             json!({ "name": "", "phone": "1", "email": "x", "code": "-" }),
             vec!["name", "phone", "email", "code"],
         ),
-        (
-            json!({ "name": "Valid Name", "phone": "1" }),
-            vec!["phone"],
-        ),
+        (json!({ "name": "Valid Name", "phone": "1" }), vec!["phone"]),
     ];
     for (body, fields) in bad {
-        app.patch_r(&path, body.clone())
-            .await
-            .problem(422, &fields);
+        app.patch_r(&path, body.clone()).await.problem(422, &fields);
         assert_eq!(
             app.get_r(&path).await.expect(200),
             &w,
@@ -653,7 +653,11 @@ async fn duplicate_phone_or_code_is_409_on_create_and_patch() {
     )
     .await
     .problem(409, &[]);
-    assert_eq!(counts(&db).await, before, "a refused create stored something");
+    assert_eq!(
+        counts(&db).await,
+        before,
+        "a refused create stored something"
+    );
 
     let b = app.create_customer(json!({})).await;
     let path = customer_path(&b);
@@ -787,10 +791,11 @@ async fn customer_search_matches_name_code_phone_and_email_case_insensitively() 
     let none = app
         .get_r(&qs("/api/v1/customers", &[("q", &marker())]))
         .await;
-    assert_eq!(none.expect(200), &json!({ "items": [], "next_cursor": null }));
-    app.get_r("/api/v1/customers?q=")
-        .await
-        .problem(400, &["q"]);
+    assert_eq!(
+        none.expect(200),
+        &json!({ "items": [], "next_cursor": null })
+    );
+    app.get_r("/api/v1/customers?q=").await.problem(400, &["q"]);
 }
 
 #[tokio::test]
@@ -844,7 +849,10 @@ async fn customer_pages_are_newest_first_without_skips_or_repeats() {
             None => break,
         }
     }
-    assert_eq!(seen, newest_first, "a walk during inserts skipped or repeated");
+    assert_eq!(
+        seen, newest_first,
+        "a walk during inserts skipped or repeated"
+    );
 
     for (param, value) in [
         ("limit", "0"),
@@ -945,7 +953,10 @@ async fn order_create_by_id_or_code_answers_201_with_the_contract_shape() {
     assert_eq!(n["status"], "queued");
     ts(&n["updated_at"]);
     assert_eq!(ts(&o["created_at"]), ts(&o["updated_at"]));
-    assert_eq!(stable(app.get_r(&order_path(&o)).await.expect(200)), stable(&o));
+    assert_eq!(
+        stable(app.get_r(&order_path(&o)).await.expect(200)),
+        stable(&o)
+    );
     let notes = items(&app, &format!("{}/notifications", order_path(&o))).await;
     assert_eq!(ids(&notes), [id(n)]);
 
@@ -1023,7 +1034,11 @@ async fn order_create_by_id_or_code_answers_201_with_the_contract_shape() {
             .await
             .problem(422, &[field]);
     }
-    assert_eq!(counts(&db).await, before, "a refused order stored something");
+    assert_eq!(
+        counts(&db).await,
+        before,
+        "a refused order stored something"
+    );
     assert_events_gap_free(&db).await;
 }
 
@@ -1043,7 +1058,10 @@ async fn order_money_quantity_currency_and_item_rules() {
         if value != "ABSENT" {
             fields.push((field, value.to_string()));
         }
-        let inner: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
+        let inner: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("\"{k}\": {v}"))
+            .collect();
         format!("{{{}}}", inner.join(", "))
     };
     let before = counts(&db).await;
@@ -1155,7 +1173,10 @@ async fn order_money_quantity_currency_and_item_rules() {
             .await;
         let o = r.expect(201);
         assert_eq!(&o[*field], expected, "{body}");
-        assert_eq!(stable(app.get_r(&order_path(o)).await.expect(200)), stable(o));
+        assert_eq!(
+            stable(app.get_r(&order_path(o)).await.expect(200)),
+            stable(o)
+        );
     }
     let long = app
         .create_order(&cid, json!({ "item": "é".repeat(200) }))
@@ -1186,7 +1207,14 @@ async fn order_patch_edits_fields_and_follows_the_status_machine() {
         (&u["item"], &u["quantity"], &u["amount"]),
         (&json!("Solar lamp"), &json!(5), &json!("99.50"))
     );
-    for k in ["id", "order_number", "customer", "currency", "status", "created_at"] {
+    for k in [
+        "id",
+        "order_number",
+        "customer",
+        "currency",
+        "status",
+        "created_at",
+    ] {
         assert_eq!(u[k], o[k], "{k} changed");
     }
     assert!(ts(&u["updated_at"]) > ts(&o["updated_at"]));
@@ -1197,7 +1225,11 @@ async fn order_patch_edits_fields_and_follows_the_status_machine() {
         stable(&u)
     );
     assert_eq!(
-        stable(app.patch_r(&path, json!({ "status": "pending" })).await.expect(200)),
+        stable(
+            app.patch_r(&path, json!({ "status": "pending" }))
+                .await
+                .expect(200)
+        ),
         stable(&u),
         "staying pending is not a change"
     );
@@ -1223,9 +1255,7 @@ async fn order_patch_edits_fields_and_follows_the_status_machine() {
         (json!({ "item": "Valid", "amount": "-1" }), vec!["amount"]),
     ];
     for (body, fields) in bad {
-        app.patch_r(&path, body.clone())
-            .await
-            .problem(422, &fields);
+        app.patch_r(&path, body.clone()).await.problem(422, &fields);
         assert_eq!(
             stable(app.get_r(&path).await.expect(200)),
             stable(&u),
@@ -1282,7 +1312,10 @@ async fn order_patch_edits_fields_and_follows_the_status_machine() {
                 "{from} -> {to} changed the order"
             );
         }
-        for to in states.into_iter().filter(|to| allowed(from, to) && *to != from) {
+        for to in states
+            .into_iter()
+            .filter(|to| allowed(from, to) && *to != from)
+        {
             let o = order_in(from).await;
             let moved = app
                 .patch_r(&order_path(&o), json!({ "status": to }))
@@ -1290,10 +1323,7 @@ async fn order_patch_edits_fields_and_follows_the_status_machine() {
                 .expect(200)
                 .clone();
             assert_eq!(moved["status"], to, "{from} -> {to}");
-            assert_eq!(
-                app.get_r(&order_path(&o)).await.expect(200)["status"],
-                to
-            );
+            assert_eq!(app.get_r(&order_path(&o)).await.expect(200)["status"], to);
         }
     }
     // A delivered or cancelled order cannot be edited.
@@ -1329,7 +1359,10 @@ async fn order_patch_edits_fields_and_follows_the_status_machine() {
         .await
         .expect(200)
         .clone();
-    assert_eq!((&d["status"], &d["item"]), (&json!("delivered"), &json!("Final")));
+    assert_eq!(
+        (&d["status"], &d["item"]),
+        (&json!("delivered"), &json!("Final"))
+    );
 
     // Delete: 204, then 404 everywhere.
     let r = app.delete_r(&path).await;
@@ -1414,7 +1447,11 @@ async fn order_list_filters_by_status_customer_text_and_dates() {
             .is_empty()
     );
     assert_eq!(
-        list(vec![("customer_id", c1id.clone()), ("status", s("pending"))]).await,
+        list(vec![
+            ("customer_id", c1id.clone()),
+            ("status", s("pending"))
+        ])
+        .await,
         [id(&o1)]
     );
     // q: item, order number, customer name and code, case-insensitively.
@@ -1535,15 +1572,23 @@ async fn order_list_filters_by_status_customer_text_and_dates() {
         r.text
     );
     assert!(
-        list(vec![("start_date", s("2026-11-21")), ("end_date", s("2026-11-21T00:00:00Z"))])
-            .await
-            .len()
+        list(vec![
+            ("start_date", s("2026-11-21")),
+            ("end_date", s("2026-11-21T00:00:00Z"))
+        ])
+        .await
+        .len()
             <= 3
     );
 
     let pages = walk(&app, "/api/v1/orders", &[("limit", "1")]).await;
     assert_eq!(ids(&pages.concat()), all);
-    let pages = walk(&app, "/api/v1/orders", &[("limit", "2"), ("customer_id", &c1id)]).await;
+    let pages = walk(
+        &app,
+        "/api/v1/orders",
+        &[("limit", "2"), ("customer_id", &c1id)],
+    )
+    .await;
     assert_eq!(
         pages.iter().map(Vec::len).collect::<Vec<_>>(),
         [2],
@@ -1602,11 +1647,7 @@ async fn order_notifications_list_resend_and_global_filters() {
     );
 
     // GET /notifications filters.
-    let by_order = items(
-        &app,
-        &qs("/api/v1/notifications", &[("order_id", &id(&o))]),
-    )
-    .await;
+    let by_order = items(&app, &qs("/api/v1/notifications", &[("order_id", &id(&o))])).await;
     assert_eq!(ids(&by_order), [id(&fresh), id(n)]);
     let everything = items(&app, "/api/v1/notifications").await;
     assert_eq!(everything.len(), 3);
@@ -1740,7 +1781,12 @@ async fn idempotency_key_replays_orders_and_customers_once_per_principal() {
     assert_eq!(after_theirs.orders, after_first.orders + 1);
 
     // Bad keys are 400 naming the header; the longest allowed key works.
-    for bad in ["x".repeat(256), "has space".into(), "tab\tkey".into(), String::new()] {
+    for bad in [
+        "x".repeat(256),
+        "has space".into(),
+        "tab\tkey".into(),
+        String::new(),
+    ] {
         app.post_idem("/api/v1/orders", &bad, &body)
             .await
             .problem(400, &["Idempotency-Key"]);
@@ -1772,7 +1818,11 @@ async fn idempotency_key_replays_orders_and_customers_once_per_principal() {
             r.body.to_string()
         })
         .collect();
-    assert_eq!(bodies.len(), 1, "concurrent replays answered different orders");
+    assert_eq!(
+        bodies.len(),
+        1,
+        "concurrent replays answered different orders"
+    );
     assert_eq!(counts(&db).await.orders, before.orders + 1);
 
     // Customers: the same, and the route is part of the key.
@@ -1812,7 +1862,16 @@ async fn malformed_bodies_and_wrong_content_types_are_refused() {
     let before = counts(&db).await;
     let json = Some("application/json");
     for path in ["/api/v1/customers", "/api/v1/orders"] {
-        for bad in ["{", "[1]", "\"text\"", "42", "null", "", "{\"a\":1}{", "{\"name\":}"] {
+        for bad in [
+            "{",
+            "[1]",
+            "\"text\"",
+            "42",
+            "null",
+            "",
+            "{\"a\":1}{",
+            "{\"name\":}",
+        ] {
             app.raw_r(Method::POST, path, json, bad)
                 .await
                 .problem(400, &[]);
@@ -1837,14 +1896,9 @@ async fn malformed_bodies_and_wrong_content_types_are_refused() {
             .await
             .problem(400, &[]);
     }
-    app.raw_r(
-        Method::PATCH,
-        &customer_path(&c),
-        Some("text/plain"),
-        "{}",
-    )
-    .await
-    .problem(415, &[]);
+    app.raw_r(Method::PATCH, &customer_path(&c), Some("text/plain"), "{}")
+        .await
+        .problem(415, &[]);
 
     // Over 64 KiB is 413; just under it reaches validation.
     let big = json!({ "name": "x".repeat(70 * 1024), "phone": unique_phone() }).to_string();
@@ -1904,9 +1958,17 @@ async fn auth_routing_and_request_ids() {
     let unauthorized = |r: Reply| {
         r.problem(401, &[]);
         let challenge = r.header("www-authenticate").unwrap_or_default();
-        assert!(challenge.starts_with("Bearer"), "WWW-Authenticate: {challenge:?}");
+        assert!(
+            challenge.starts_with("Bearer"),
+            "WWW-Authenticate: {challenge:?}"
+        );
     };
-    for path in ["/api/v1/customers", "/api/v1/orders", "/api/v1/notifications", "/api/v1/nope"] {
+    for path in [
+        "/api/v1/customers",
+        "/api/v1/orders",
+        "/api/v1/notifications",
+        "/api/v1/nope",
+    ] {
         unauthorized(Reply::of(app.client.get(url(path)).send().await.unwrap()).await);
         unauthorized(
             Reply::of(
@@ -1989,13 +2051,18 @@ async fn auth_routing_and_request_ids() {
         ("/api/v1/nope", true),
         ("/healthz", false),
     ] {
-        let mut req = app.client.get(url(path)).header("x-request-id", "req-abc-123");
+        let mut req = app
+            .client
+            .get(url(path))
+            .header("x-request-id", "req-abc-123");
         if auth {
             req = req.bearer_auth(TOKEN);
         }
         let r = req.send().await.unwrap();
         assert_eq!(
-            r.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
+            r.headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok()),
             Some("req-abc-123"),
             "{path}"
         );
@@ -2009,7 +2076,12 @@ async fn auth_routing_and_request_ids() {
         assert!(!generated.is_empty(), "{path}: no generated request id");
         let again = app.client.get(url(path)).send().await.unwrap();
         assert_ne!(
-            again.headers().get("x-request-id").unwrap().to_str().unwrap(),
+            again
+                .headers()
+                .get("x-request-id")
+                .unwrap()
+                .to_str()
+                .unwrap(),
             generated
         );
     }
@@ -2117,7 +2189,11 @@ async fn concurrent_mixed_writes_keep_valid_ones_and_events_gap_free() {
             }
         }
     }
-    assert_eq!(pair_wins, pair_phones.len(), "exactly one of each pair wins");
+    assert_eq!(
+        pair_wins,
+        pair_phones.len(),
+        "exactly one of each pair wins"
+    );
     let after = counts(&db).await;
     assert_eq!(after.customers, before.customers + 24 + pair_wins as i64);
     assert_eq!(after.orders, before.orders + 24);
@@ -2216,7 +2292,10 @@ async fn a_locked_database_answers_503_and_recovers() {
     assert_eq!(after.customers, before.customers + 1);
     assert_eq!(after.notifications, before.notifications + 1);
     assert_eq!(after.events, before.events + 2);
-    assert_eq!(stable(app.get_r(&order_path(&o)).await.expect(200)), stable(&o));
+    assert_eq!(
+        stable(app.get_r(&order_path(&o)).await.expect(200)),
+        stable(&o)
+    );
     assert_events_gap_free(&db).await;
 }
 
@@ -2242,7 +2321,11 @@ async fn a_vanished_postgres_database_answers_503() {
     )
     .await;
     assert_unavailable(&r);
-    for path in ["/api/v1/customers".to_string(), customer_path(&c), "/readyz".into()] {
+    for path in [
+        "/api/v1/customers".to_string(),
+        customer_path(&c),
+        "/readyz".into(),
+    ] {
         let r = tokio::time::timeout(UNAVAILABLE_BOUND, app.get_r(&path))
             .await
             .unwrap_or_else(|_| panic!("GET {path} hung with the database gone"));
@@ -2284,7 +2367,10 @@ async fn bad_settings_refuse_to_start_naming_the_key() {
         let mut settings = base.clone();
         edit(&mut settings);
         let err = start_error(settings).await;
-        assert!(err.starts_with(key), "expected an error naming {key}: {err:?}");
+        assert!(
+            err.starts_with(key),
+            "expected an error naming {key}: {err:?}"
+        );
         assert!(!err.contains('\n'), "not one line: {err:?}");
     }
     // An unreachable PostgreSQL is refused with a message, after the connect timeout.
@@ -2327,7 +2413,10 @@ async fn the_binary_refuses_bad_config_with_one_line() {
     let cases = [
         ("[http]\nbindd = \"127.0.0.1:0\"\n", "bindd"),
         ("[http]\nbind = \"nowhere\"\n", "http.bind"),
-        ("[database]\nurl = \"postgres://u@[::1:5/x\"\n", "database.url"),
+        (
+            "[database]\nurl = \"postgres://u@[::1:5/x\"\n",
+            "database.url",
+        ),
         ("[nonsense]\nkey = 1\n", "nonsense"),
         ("[sms]\nnotify_on = [\"teleported\"]\n", "sms.notify_on"),
     ];
@@ -2410,7 +2499,12 @@ async fn the_binary_migrates_then_serves_with_env_override_and_generated_token()
     while url.is_none() || token.is_none() {
         let line = tokio::time::timeout_at(deadline, rx.recv())
             .await
-            .unwrap_or_else(|_| panic!("duka printed no URL and token; exit: {:?}", child.0.try_wait()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "duka printed no URL and token; exit: {:?}",
+                    child.0.try_wait()
+                )
+            })
             .unwrap_or_else(|| panic!("duka exited early: {:?}", child.0.try_wait()));
         if let Some(rest) = line.strip_prefix("duka: listening on ") {
             url = rest.split_whitespace().next().map(str::to_string);
