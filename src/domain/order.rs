@@ -148,6 +148,34 @@ mod tests {
     }
 
     #[test]
+    fn the_whole_transition_matrix() {
+        let allowed = [
+            (Pending, Confirmed),
+            (Confirmed, Shipped),
+            (Shipped, Delivered),
+            (Pending, Cancelled),
+            (Confirmed, Cancelled),
+            (Shipped, Cancelled),
+        ];
+        for from in OrderStatus::ALL {
+            for to in OrderStatus::ALL {
+                let expected = from == to || allowed.contains(&(from, to));
+                assert_eq!(from.transition(to).is_ok(), expected, "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn statuses_parse_exactly() {
+        for st in OrderStatus::ALL {
+            assert_eq!(OrderStatus::parse(st.as_str()), Ok(st));
+        }
+        for bad in ["PENDING", " pending", "", "canceled"] {
+            assert!(OrderStatus::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn order_numbers_match_the_contract_pattern() {
         let n = generate_order_number(crate::domain::time::Timestamp::from_millis(
             1_795_253_400_123,

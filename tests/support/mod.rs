@@ -346,3 +346,36 @@ pub async fn assert_problem(r: Response, status: u16, fields: &[&str]) -> Value 
     }
     body
 }
+
+impl TestDb {
+    /// Runs one statement on the PostgreSQL server's admin database (e.g. to drop this test's
+    /// database under a running server); `Err` on SQLite.
+    pub fn admin_execute(&self, sql: &str) -> Result<(), String> {
+        match self {
+            Self::Postgres { admin_url, .. } => run_admin(admin_url, sql),
+            Self::Sqlite { .. } => Err("not a PostgreSQL test database".into()),
+        }
+    }
+
+    /// The PostgreSQL database's name.
+    pub fn postgres_name(&self) -> Option<&str> {
+        match self {
+            Self::Postgres { name, .. } => Some(name),
+            Self::Sqlite { .. } => None,
+        }
+    }
+}
+
+/// The first column of the first row of `sql` as an integer (COUNT, MAX...).
+pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            sql.to_string(),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_else(|| panic!("{sql}: no row"));
+    row.try_get_by_index::<i64>(0)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
