@@ -76,12 +76,16 @@ fn is_unavailable(e: &DbErr) -> bool {
                 | Sqlx::Tls(_)
                 | Sqlx::Protocol(_) => true,
                 Sqlx::Database(d) => {
-                    // PostgreSQL: connection exceptions, shutdown, too many clients, missing db;
-                    // SQLite: busy or locked beyond the busy timeout, disk I/O, read-only.
+                    // PostgreSQL: connection exceptions, shutdown, too many clients, missing db,
+                    // lock or statement timeouts; SQLite: busy or locked beyond the busy
+                    // timeout, disk I/O, read-only.
                     let code = d.code().unwrap_or_default();
                     code.starts_with("08")
                         || code.starts_with("57P")
-                        || matches!(&*code, "53300" | "3D000" | "5" | "6" | "10" | "8")
+                        || matches!(
+                            &*code,
+                            "53300" | "3D000" | "55P03" | "57014" | "5" | "6" | "10" | "8"
+                        )
                 }
                 _ => false,
             }

@@ -17,6 +17,9 @@ use sea_orm::{ConnectOptions, DatabaseConnection};
 use std::path::Path;
 use std::time::Duration;
 
+/// The longest any single statement may run on PostgreSQL.
+const STATEMENT_TIMEOUT_SECS: u64 = 30;
+
 /// Opens the pool. SQLite runs in WAL mode with `synchronous=FULL` (an acknowledged order
 /// survives power loss), a busy timeout and foreign keys on; its directory is created.
 pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, String> {
@@ -44,6 +47,14 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, String
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(busy_timeout)
                 .foreign_keys(true)
+        })
+        // A lock held elsewhere must not stall the single writer forever: past the timeout
+        // the statement fails and the request answers 503 (see `error::is_unavailable`).
+        .map_sqlx_postgres_opts(move |o| {
+            o.options([
+                ("lock_timeout", format!("{}s", busy_timeout.as_secs())),
+                ("statement_timeout", format!("{}s", STATEMENT_TIMEOUT_SECS)),
+            ])
         });
     sea_orm::Database::connect(options)
         .await
