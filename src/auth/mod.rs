@@ -67,6 +67,13 @@ impl Authenticator {
         }
     }
 
+    /// The sign-in mode, for clients choosing how to sign in.
+    pub fn mode_name(&self) -> &'static str {
+        match &self.mode {
+            Mode::Token(_) => "token",
+        }
+    }
+
     pub fn authenticate(&self, req: &HttpRequest) -> Result<Principal, AuthFailure> {
         let bearer = bearer_token(req);
         match &self.mode {
@@ -192,4 +199,9 @@ impl FromRequest for Principal {
 /// `GET /auth/me`: who the credentials belong to.
 pub async fn me(principal: Principal) -> HttpResponse {
     HttpResponse::Ok().json(principal)
+}
+
+/// `GET /auth/config`: how to sign in (no credentials needed).
+pub async fn config(auth: web::Data<Authenticator>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "mode": auth.mode_name() }))
 }

@@ -1,5 +1,6 @@
 //! HTTP: routes (one file per resource), problem+json errors, request ids and access logs.
 
+pub mod assets;
 pub mod body;
 pub mod customers;
 pub mod health;
@@ -40,6 +41,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, auth: web::Data<auth::Authenticat
         .service(
             web::scope("/auth")
                 .service(resource("/me").route(web::get().to(auth::me)))
+                .service(resource("/config").route(web::get().to(auth::config)))
                 .wrap(actix_web::middleware::from_fn(auth::authenticate_optional)),
         )
         .service(
@@ -50,19 +52,13 @@ pub fn configure(cfg: &mut web::ServiceConfig, auth: web::Data<auth::Authenticat
                 .wrap(actix_web::middleware::from_fn(auth::require_principal)),
         )
         .app_data(auth)
-        .service(web::resource("/").route(web::get().to(dashboard_placeholder)))
+        .configure(assets::routes)
         .default_service(web::to(problem::not_found));
 }
 
 /// A resource whose unsupported methods answer 405 as problem+json.
 pub fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(problem::method_not_allowed))
-}
-
-async fn dashboard_placeholder() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(include_str!("../../web/index.html"))
 }
 
 pub fn ok(body: impl Serialize) -> Result<HttpResponse, ApiError> {
