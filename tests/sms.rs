@@ -424,6 +424,58 @@ async fn messages_left_queued_or_abandoned_by_a_crash_are_sent_once_after_restar
     assert_events_gap_free(&app).await;
 }
 
+/// The provider holds each answer 1.5 s and one send runs at a time: orders are still
+/// acknowledged meanwhile; a graceful stop lets the send in flight finish and leaves the
+/// next message queued, and the restarted service sends it.
+#[tokio::test]
+async fn a_slow_provider_holds_no_order_and_a_graceful_stop_finishes_the_send_in_flight() {
+    let fake = FakeAt::start().await;
+    fake.set_delay(Duration::from_millis(1500));
+    let mut app = at_app(&fake, |s| {
+        s.sms.concurrency = 1;
+        s.sms.request_timeout_secs = 5;
+        s.sms.lease_secs = 8;
+    })
+    .await;
+    let customer = app.create_customer(json!({})).await;
+    let phone = s(&customer["phone"]).to_string();
+    let first = app.create_order(s(&customer["id"]), json!({})).await;
+    let first_id = s(&first["id"]).to_string();
+    wait_notifications(&app, &first_id, |l| all_have_status(l, "sending")).await;
+    let second = app.create_order(s(&customer["id"]), json!({})).await;
+    let second_id = s(&second["id"]).to_string();
+    assert_eq!(
+        notifications_of(&app, &first_id).await[0]["status"],
+        "sending",
+        "the order was acknowledged while the provider still held the first message"
+    );
+
+    app.stop(true).await;
+    let rows: Vec<(String, String)> = query_all(
+        &app,
+        "SELECT order_id, status FROM notifications ORDER BY id",
+    )
+    .await
+    .into_iter()
+    .map(|r| {
+        let order: uuid::Uuid = r.try_get_by_index(0).unwrap();
+        (order.to_string(), r.try_get_by_index::<String>(1).unwrap())
+    })
+    .collect();
+    assert_eq!(
+        rows,
+        [
+            (first_id.clone(), "sent".to_string()),
+            (second_id.clone(), "queued".to_string())
+        ]
+    );
+    assert_eq!(fake.requests_to(&phone).len(), 1);
+
+    app.restart(true).await;
+    wait_notifications(&app, &second_id, |l| all_have_status(l, "sent")).await;
+    assert_eq!(fake.requests_to(&phone).len(), 2);
+}
+
 async fn report(app: &TestApp, secret: Option<&str>, form: &[(&str, &str)]) -> reqwest::Response {
     let mut url = format!("{}/api/v1/webhooks/africastalking/delivery", app.url);
     if let Some(secret) = secret {
