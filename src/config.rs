@@ -516,6 +516,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("sms.templates.created:"), "{err}");
+        let err = from_toml("[sms]\nlease_secs = 10").unwrap_err().to_string();
+        assert!(err.starts_with("sms.lease_secs:"), "{err}");
+        let err = from_toml("[sms]\nretry_base_ms = 500\nretry_max_ms = 100")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sms.retry_max_ms:"), "{err}");
+        let err = from_toml("[sms]\nconcurrency = 0").unwrap_err().to_string();
+        assert!(err.starts_with("sms.concurrency:"), "{err}");
         let err = from_toml("[sms]\nnotify_on = [\"teleported\"]")
             .unwrap_err()
             .to_string();
