@@ -86,6 +86,14 @@ pub struct Sms {
     pub per_recipient_per_minute: u32,
     pub max_attempts: u32,
     pub request_timeout_secs: u64,
+    /// First retry delay; doubled per attempt (with jitter) up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// How long a claimed (`sending`) message belongs to this instance; after that a
+    /// restarted or other instance may send it again.
+    pub lease_secs: u64,
+    /// Messages handed to the provider at the same time.
+    pub concurrency: u32,
     pub default_region: String,
     pub notify_on: Vec<NotifyOn>,
     pub templates: Templates,
@@ -218,6 +226,10 @@ impl Default for Sms {
             per_recipient_per_minute: 5,
             max_attempts: 8,
             request_timeout_secs: 10,
+            retry_base_ms: 2000,
+            retry_max_ms: 300_000,
+            lease_secs: 60,
+            concurrency: 8,
             default_region: "KE".into(),
             notify_on: vec![NotifyOn::Created],
             templates: Templates::default(),
@@ -394,6 +406,7 @@ impl Settings {
                 self.sms.per_recipient_per_minute,
             ),
             ("sms.max_attempts", self.sms.max_attempts),
+            ("sms.concurrency", self.sms.concurrency),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -402,6 +415,23 @@ impl Settings {
         }
         if self.sms.request_timeout_secs == 0 {
             return Err(key_error("sms.request_timeout_secs", "must be at least 1"));
+        }
+        if self.sms.retry_base_ms == 0 {
+            return Err(key_error("sms.retry_base_ms", "must be at least 1"));
+        }
+        if self.sms.retry_max_ms < self.sms.retry_base_ms {
+            return Err(key_error(
+                "sms.retry_max_ms",
+                "must be at least sms.retry_base_ms",
+            ));
+        }
+        // A lease shorter than one provider request would let a second sender take a
+        // message that is still being sent.
+        if self.sms.lease_secs <= self.sms.request_timeout_secs {
+            return Err(key_error(
+                "sms.lease_secs",
+                "must be longer than sms.request_timeout_secs",
+            ));
         }
         if self.sms.enabled && self.sms.provider == SmsProviderKind::Africastalking {
             let at = &self.sms.africastalking;
@@ -486,6 +516,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("sms.templates.created:"), "{err}");
+        let err = from_toml("[sms]\nlease_secs = 10").unwrap_err().to_string();
+        assert!(err.starts_with("sms.lease_secs:"), "{err}");
+        let err = from_toml("[sms]\nretry_base_ms = 500\nretry_max_ms = 100")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sms.retry_max_ms:"), "{err}");
+        let err = from_toml("[sms]\nconcurrency = 0").unwrap_err().to_string();
+        assert!(err.starts_with("sms.concurrency:"), "{err}");
         let err = from_toml("[sms]\nnotify_on = [\"teleported\"]")
             .unwrap_err()
             .to_string();

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod sms;
 pub mod store;
 
 use actix::{Actor, Addr};
@@ -15,16 +16,21 @@ use config::{Settings, SmsProviderKind};
 use domain::money::Currency;
 use domain::notification::NotifyOn;
 use std::net::SocketAddr;
+use std::time::Duration;
 use store::Repository;
+use store::repository::Listen;
 use store::writes::WriteConfig;
 
 /// A running service.
 pub struct Duka {
     pub addr: SocketAddr,
     pub repo: Addr<Repository>,
+    /// `None` when SMS is disabled.
+    pub sms: Option<Addr<sms::SmsDispatcher>>,
     /// The token generated at first start (token mode with no `auth.tokens`).
     pub generated_token: Option<String>,
     server: actix_web::dev::Server,
+    sms_drain: Duration,
 }
 
 impl Duka {
@@ -37,9 +43,18 @@ impl Duka {
         self.server.handle()
     }
 
-    /// Serves until the server is stopped (SIGINT/SIGTERM or `handle().stop()`).
+    /// Serves until the server is stopped (SIGINT/SIGTERM or `handle().stop()`), then lets
+    /// the SMS sends in flight finish (within `sms_drain`); queued messages stay queued.
     pub async fn run(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        if let Some(sms) = self.sms
+            && tokio::time::timeout(self.sms_drain, sms.send(sms::Drain))
+                .await
+                .is_err()
+        {
+            tracing::warn!("stopped with SMS sends in flight; they are retried after their lease");
+        }
+        result
     }
 }
 
@@ -106,6 +121,18 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     ));
 
     let repo = Repository::new(db, write_config(&settings)).start();
+    let sms = if settings.sms.enabled {
+        let provider = sms::provider_from(&settings.sms).map_err(StartError)?;
+        let dispatcher =
+            sms::SmsDispatcher::new(repo.clone(), provider, (&settings.sms).into()).start();
+        repo.do_send(Listen(dispatcher.clone().recipient()));
+        Some(dispatcher)
+    } else {
+        None
+    };
+    let webhook = web::Data::new(http::webhooks::DeliveryWebhook::new(
+        &settings.sms.africastalking.webhook_secret,
+    ));
     let state = web::Data::new(http::AppState {
         repo: repo.clone(),
         region: settings.region(),
@@ -119,6 +146,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(webhook.clone())
             .configure(|cfg| http::configure(cfg, authenticator.clone()))
             .wrap(actix_web::middleware::from_fn(http::request_span))
     })
@@ -137,7 +165,9 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     Ok(Duka {
         addr,
         repo,
+        sms,
         generated_token,
         server: server.run(),
+        sms_drain: Duration::from_secs(settings.sms.request_timeout_secs + 2),
     })
 }

@@ -7,6 +7,7 @@ pub mod health;
 pub mod orders;
 pub mod params;
 pub mod problem;
+pub mod webhooks;
 
 use crate::auth::{self, Principal};
 use crate::domain::money::Currency;
@@ -44,6 +45,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, auth: web::Data<auth::Authenticat
                 .service(resource("/config").route(web::get().to(auth::config)))
                 .wrap(actix_web::middleware::from_fn(auth::authenticate_optional)),
         )
+        // Provider callbacks carry their own secret; registered before the /api/v1 scope
+        // so that user authentication does not apply to them.
+        .service(web::scope("/api/v1/webhooks").configure(webhooks::routes))
         .service(
             web::scope("/api/v1")
                 .configure(customers::routes)

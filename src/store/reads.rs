@@ -276,6 +276,60 @@ pub async fn list_notifications(
     ))
 }
 
+/// A message the SMS dispatcher should send, not before `not_before` (epoch ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueNotification {
+    pub id: Uuid,
+    pub phone: String,
+    pub not_before: i64,
+}
+
+/// Messages to send: those among `ids` that are `queued`, or (without `ids`) every
+/// `queued` message due by `horizon` and every `sending` one whose lease ended before
+/// `now` (its sender crashed). Oldest first, at most `limit`.
+pub async fn due_notifications(
+    db: &impl ConnectionTrait,
+    ids: Option<Vec<Uuid>>,
+    now: Timestamp,
+    horizon: Timestamp,
+    limit: u64,
+) -> Result<Vec<DueNotification>, StoreError> {
+    use notification::Column as C;
+    let queued = C::Status.eq(NotificationStatus::Queued.as_str());
+    let cond = match ids {
+        Some(ids) => Condition::all().add(C::Id.is_in(ids)).add(queued),
+        None => Condition::any()
+            .add(
+                Condition::all()
+                    .add(queued)
+                    .add(C::NextAttemptAt.lte(horizon.millis())),
+            )
+            .add(
+                Condition::all()
+                    .add(C::Status.eq(NotificationStatus::Sending.as_str()))
+                    .add(C::LeaseUntil.lt(now.millis())),
+            ),
+    };
+    let rows = notification::Entity::find()
+        .filter(cond)
+        .order_by_asc(C::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|n| DueNotification {
+            id: n.id,
+            not_before: if n.status == NotificationStatus::Queued.as_str() {
+                n.next_attempt_at.unwrap_or(now.millis())
+            } else {
+                now.millis()
+            },
+            phone: n.phone,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,10 @@ use uuid::Uuid;
 
 /// The most operations one transaction takes.
 const MAX_BATCH: usize = 256;
+/// A mailbox that never pushes back. actix computes `MAX_CAPACITY - capacity` whenever an
+/// `Addr` is cloned, so `usize::MAX` overflows (a panic in debug builds); this is the
+/// largest capacity actix accepts.
+pub const UNBOUNDED_MAILBOX: usize = usize::MAX >> 2;
 /// Idempotency keys are kept at least this long.
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 
@@ -74,7 +78,7 @@ impl Actor for Repository {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // The mailbox must not push back on HTTP handlers; the pending queue is the buffer.
-        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.set_mailbox_capacity(UNBOUNDED_MAILBOX);
         ctx.run_interval(Duration::from_secs(600), |act, ctx| {
             let db = act.db.clone();
             ctx.spawn(
@@ -165,6 +169,12 @@ query!(ListOrders { filter: OrderFilter, page: PageRequest } -> Page<OrderView>,
     |db, m| reads::list_orders(&db, &m.filter, m.page).await);
 query!(ListNotifications { filter: NotificationFilter, page: PageRequest } -> Page<NotificationView>,
     |db, m| reads::list_notifications(&db, &m.filter, m.page).await);
+query!(
+    /// Messages for the SMS dispatcher to send (see `reads::due_notifications`).
+    DueNotifications { ids: Option<Vec<Uuid>>, now: Timestamp, horizon: Timestamp, limit: u64 }
+        -> Vec<reads::DueNotification>,
+    |db, m| reads::due_notifications(&db, m.ids, m.now, m.horizon, m.limit).await
+);
 query!(
     /// Answers when the database does, within `timeout`.
     Ping { timeout: Duration } -> (),

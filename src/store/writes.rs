@@ -13,10 +13,11 @@ use crate::domain::money::Money;
 use crate::domain::notification::{NotificationStatus, NotifyOn, Template};
 use crate::domain::order::{CustomerRef, NewOrder, OrderPatch, OrderStatus, generate_order_number};
 use crate::domain::time::Timestamp;
+use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    IntoActiveModel, PaginatorTrait, QueryFilter, SqliteTransactionMode, Statement,
-    TransactionOptions, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend,
+    EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QuerySelect, SqliteTransactionMode,
+    Statement, TransactionOptions, TransactionTrait,
 };
 use std::collections::BTreeMap;
 use tokio::sync::oneshot;
@@ -69,6 +70,47 @@ pub enum WriteOp {
     QueueNotification {
         order_id: Uuid,
     },
+    /// The SMS dispatcher takes a message for one send attempt: `queued` (or `sending`
+    /// whose lease has expired) becomes `sending` until `lease_until`, one more attempt.
+    /// Answers `Conflict` when the message is not there to take (another sender has it, or
+    /// it was already sent), `NotFound` when it is gone.
+    ClaimNotification {
+        id: Uuid,
+        lease_until: Timestamp,
+    },
+    /// What one send attempt of a claimed (`sending`) message came to.
+    RecordSend {
+        id: Uuid,
+        outcome: SendOutcome,
+    },
+    /// A provider's delivery report for the message it knows as `provider_message_id`.
+    /// Only a `sent` message moves; `NotFound` when no message has that id.
+    DeliveryReport {
+        provider_message_id: String,
+        outcome: DeliveryOutcome,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    Sent {
+        provider_message_id: String,
+        cost: Option<String>,
+    },
+    /// Try again at `next_attempt_at`; the message goes back to `queued`.
+    Retry {
+        error: String,
+        next_attempt_at: Timestamp,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    Failed { reason: String },
 }
 
 #[derive(Debug, Clone)]
@@ -290,6 +332,14 @@ async fn apply(
         WriteOp::UpdateOrder { id, patch } => update_order(txn, id, patch, ctx).await,
         WriteOp::DeleteOrder { id } => delete_order(txn, id, ctx).await,
         WriteOp::QueueNotification { order_id } => queue_again(txn, order_id, ctx).await,
+        WriteOp::ClaimNotification { id, lease_until } => {
+            claim_notification(txn, id, lease_until, ctx).await
+        }
+        WriteOp::RecordSend { id, outcome } => record_send(txn, id, outcome, ctx).await,
+        WriteOp::DeliveryReport {
+            provider_message_id,
+            outcome,
+        } => delivery_report(txn, &provider_message_id, outcome, ctx).await,
     }
 }
 
@@ -665,4 +715,137 @@ async fn queue_again(
     ctx.emit(txn, EventType::NotificationUpdated, &notification)
         .await?;
     Ok(WriteReply::Notification(notification))
+}
+
+async fn claim_notification(
+    txn: &impl ConnectionTrait,
+    id: Uuid,
+    lease_until: Timestamp,
+    ctx: &mut BatchCtx<'_>,
+) -> Result<WriteReply, StoreError> {
+    use notification::Column as C;
+    use sea_orm::sea_query::ExprTrait;
+    let now = Timestamp::now().millis();
+    // One conditional UPDATE: with several instances on one PostgreSQL database, exactly
+    // one of them sees a row affected, so a message is never sent twice at once.
+    let claimable = Condition::any()
+        .add(C::Status.eq(NotificationStatus::Queued.as_str()))
+        .add(
+            Condition::all()
+                .add(C::Status.eq(NotificationStatus::Sending.as_str()))
+                .add(C::LeaseUntil.lt(now)),
+        );
+    let updated = notification::Entity::update_many()
+        .col_expr(C::Status, Expr::value(NotificationStatus::Sending.as_str()))
+        .col_expr(C::Attempts, Expr::col(C::Attempts).add(1))
+        .col_expr(C::LeaseUntil, Expr::value(lease_until.millis()))
+        .col_expr(C::UpdatedAt, Expr::value(now))
+        .filter(C::Id.eq(id))
+        .filter(claimable)
+        .exec(txn)
+        .await?;
+    let row = notification::Entity::find_by_id(id).one(txn).await?;
+    let Some(row) = row else {
+        return Err(StoreError::NotFound("notification"));
+    };
+    if updated.rows_affected == 0 {
+        return Err(StoreError::Conflict(format!(
+            "notification {id} is {} and cannot be claimed",
+            row.status
+        )));
+    }
+    let view = NotificationView::from(row);
+    ctx.emit(txn, EventType::NotificationUpdated, &view).await?;
+    Ok(WriteReply::Notification(view))
+}
+
+async fn record_send(
+    txn: &impl ConnectionTrait,
+    id: Uuid,
+    outcome: SendOutcome,
+    ctx: &mut BatchCtx<'_>,
+) -> Result<WriteReply, StoreError> {
+    let current = notification::Entity::find_by_id(id)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or(StoreError::NotFound("notification"))?;
+    if current.status != NotificationStatus::Sending.as_str() {
+        return Err(StoreError::Conflict(format!(
+            "notification {id} is {}, not sending",
+            current.status
+        )));
+    }
+    let mut next = current.clone();
+    next.lease_until = None;
+    next.next_attempt_at = None;
+    match outcome {
+        SendOutcome::Sent {
+            provider_message_id,
+            cost,
+        } => {
+            next.status = NotificationStatus::Sent.as_str().into();
+            next.provider_message_id = Some(provider_message_id);
+            next.cost = cost;
+            next.error = None;
+        }
+        SendOutcome::Retry {
+            error,
+            next_attempt_at,
+        } => {
+            next.status = NotificationStatus::Queued.as_str().into();
+            next.next_attempt_at = Some(next_attempt_at.millis());
+            next.error = Some(error);
+        }
+        SendOutcome::Failed { error } => {
+            next.status = NotificationStatus::Failed.as_str().into();
+            next.error = Some(error);
+        }
+    }
+    save_notification(txn, current, next, ctx).await
+}
+
+async fn delivery_report(
+    txn: &impl ConnectionTrait,
+    provider_message_id: &str,
+    outcome: DeliveryOutcome,
+    ctx: &mut BatchCtx<'_>,
+) -> Result<WriteReply, StoreError> {
+    let current = notification::Entity::find()
+        .filter(notification::Column::ProviderMessageId.eq(provider_message_id))
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or(StoreError::NotFound("notification"))?;
+    // Reports can arrive late, twice or out of order: only a `sent` message moves, so a
+    // delivered message stays delivered.
+    if current.status != NotificationStatus::Sent.as_str() {
+        return Ok(WriteReply::Notification(current.into()));
+    }
+    let mut next = current.clone();
+    match outcome {
+        DeliveryOutcome::Delivered => {
+            next.status = NotificationStatus::Delivered.as_str().into();
+        }
+        DeliveryOutcome::Failed { reason } => {
+            next.status = NotificationStatus::Failed.as_str().into();
+            next.error = Some(reason);
+        }
+    }
+    save_notification(txn, current, next, ctx).await
+}
+
+async fn save_notification(
+    txn: &impl ConnectionTrait,
+    current: notification::Model,
+    mut next: notification::Model,
+    ctx: &mut BatchCtx<'_>,
+) -> Result<WriteReply, StoreError> {
+    next.updated_at = Timestamp::now().millis().max(current.updated_at);
+    notification::Entity::update(next.clone().into_active_model().reset_all())
+        .exec_without_returning(txn)
+        .await?;
+    let view = NotificationView::from(next);
+    ctx.emit(txn, EventType::NotificationUpdated, &view).await?;
+    Ok(WriteReply::Notification(view))
 }

@@ -1,0 +1,778 @@
+//! SMS to customers, black-box: the real server against a fake Africa's Talking API that
+//! records every request (tests/support/fake_at.rs), plus the real binary with the default
+//! log provider.
+
+#[path = "support/fake_at.rs"]
+mod fake_at;
+mod support;
+
+use duka::config::SmsProviderKind;
+use duka::domain::notification::NotifyOn;
+use duka::store::entities::notification;
+use fake_at::FakeAt;
+use sea_orm::{ActiveModelTrait, ConnectionTrait, IntoActiveModel, Statement};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use support::*;
+
+const SECRET: &str = "webhook-s3cret";
+
+/// duka sending through `fake`, limits out of the way and retries fast (tests narrow them).
+async fn at_app(fake: &FakeAt, configure: impl FnOnce(&mut duka::config::Settings)) -> TestApp {
+    let url = fake.url.clone();
+    spawn_app_with(move |s| {
+        s.sms.provider = SmsProviderKind::Africastalking;
+        s.sms.africastalking.username = fake_at::USERNAME.into();
+        s.sms.africastalking.api_key = fake_at::API_KEY.into();
+        s.sms.africastalking.base_url = url;
+        s.sms.africastalking.webhook_secret = SECRET.into();
+        s.sms.rate_per_second = 1000;
+        s.sms.burst = 1000;
+        s.sms.per_recipient_per_minute = 1000;
+        s.sms.retry_base_ms = 20;
+        s.sms.retry_max_ms = 100;
+        s.sms.request_timeout_secs = 2;
+        s.sms.lease_secs = 3;
+        configure(s);
+    })
+    .await
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
+}
+
+async fn notifications_of(app: &TestApp, order_id: &str) -> Vec<Value> {
+    let r = app
+        .get(&format!(
+            "/api/v1/orders/{order_id}/notifications?limit=100"
+        ))
+        .await;
+    assert_eq!(r.status(), 200);
+    let page: Value = r.json().await.unwrap();
+    page["items"].as_array().unwrap().clone()
+}
+
+/// Polls an order's notifications (newest first) until `done` holds.
+async fn wait_notifications(
+    app: &TestApp,
+    order_id: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = notifications_of(app, order_id).await;
+        if done(&list) {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting; notifications: {list:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+fn all_have_status(list: &[Value], status: &str) -> bool {
+    !list.is_empty() && list.iter().all(|n| n["status"] == status)
+}
+
+/// Polls until `count` notifications in the whole system have `status`.
+async fn wait_status_count(app: &TestApp, status: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page: Value = app
+            .get(&format!("/api/v1/notifications?status={status}&limit=100"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let n = page["items"].as_array().unwrap().len();
+        if n >= count {
+            assert_eq!(n, count, "more {status} notifications than expected");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {n} of {count} notifications {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn query_all(app: &TestApp, sql: &str) -> Vec<sea_orm::QueryResult> {
+    let db = app.db.connect().await;
+    db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap()
+}
+
+/// The `notification.updated` events about notification `id`, in seq order (their data).
+async fn notification_events(app: &TestApp, id: &str) -> Vec<Value> {
+    query_all(
+        app,
+        "SELECT data FROM events WHERE kind = 'notification.updated' ORDER BY seq",
+    )
+    .await
+    .into_iter()
+    .map(|row| serde_json::from_str::<Value>(&row.try_get_by_index::<String>(0).unwrap()).unwrap())
+    .filter(|data| data["id"] == id)
+    .collect()
+}
+
+fn statuses(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| s(&e["status"])).collect()
+}
+
+async fn assert_events_gap_free(app: &TestApp) {
+    let seqs: Vec<i64> = query_all(app, "SELECT seq FROM events ORDER BY seq")
+        .await
+        .into_iter()
+        .map(|r| r.try_get_by_index::<i64>(0).unwrap())
+        .collect();
+    let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+    assert_eq!(seqs, expected, "event seqs have a gap");
+}
+
+async fn customer_and_order(app: &TestApp, order: Value) -> (String, Value) {
+    let customer = app.create_customer(json!({})).await;
+    let order = app.create_order(s(&customer["id"]), order).await;
+    (s(&customer["phone"]).to_string(), order)
+}
+
+#[tokio::test]
+async fn each_order_sends_one_request_with_the_right_fields_and_headers() {
+    let fake = FakeAt::start().await;
+    let app = at_app(&fake, |s| s.sms.africastalking.sender_id = "DUKA".into()).await;
+    let (phone, order) = customer_and_order(
+        &app,
+        json!({"item": "Laptop", "amount": "1200.00", "quantity": 2}),
+    )
+    .await;
+    let list = wait_notifications(&app, s(&order["id"]), |l| all_have_status(l, "sent")).await;
+    assert_eq!(list.len(), 1);
+    let n = &list[0];
+
+    let requests = fake.requests_to(&phone);
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    let r = &requests[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.headers["apikey"], fake_at::API_KEY);
+    assert!(r.headers["accept"].contains("application/json"));
+    assert!(r.headers["content-type"].starts_with("application/x-www-form-urlencoded"));
+    let mut keys: Vec<&str> = r.form.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["from", "message", "to", "username"]);
+    assert_eq!(r.form["username"], fake_at::USERNAME);
+    assert_eq!(r.form["to"], phone);
+    assert_eq!(r.form["from"], "DUKA");
+    assert_eq!(r.form["message"], s(&n["message"]));
+    assert!(r.form["message"].contains(s(&order["order_number"])));
+    assert!(r.form["message"].contains("2 x Laptop, KES 1200.00"));
+
+    assert_eq!(n["attempts"], 1);
+    assert_eq!(n["provider"], "africastalking");
+    assert_eq!(
+        n["provider_message_id"],
+        json!(r.message_id.clone().unwrap())
+    );
+    assert_eq!(n["cost"], "KES 0.8000");
+    assert_eq!(n["error"], Value::Null);
+    assert_eq!(n["phone"], phone);
+
+    let events = notification_events(&app, s(&n["id"])).await;
+    assert_eq!(statuses(&events), ["sending", "sent"]);
+    assert_eq!(
+        events.last().unwrap(),
+        n,
+        "the event carries the full notification"
+    );
+    let order_now: Value = app
+        .get(&format!("/api/v1/orders/{}", s(&order["id"])))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order_now["notification"]["status"], "sent");
+    assert_events_gap_free(&app).await;
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_backoff_until_sent() {
+    let fake = FakeAt::start().await;
+    let app = at_app(&fake, |_| {}).await;
+    let customer = app.create_customer(json!({})).await;
+    let phone = s(&customer["phone"]).to_string();
+    fake.fail_next(&phone, 2, 500);
+    let order = app.create_order(s(&customer["id"]), json!({})).await;
+    let list = wait_notifications(&app, s(&order["id"]), |l| all_have_status(l, "sent")).await;
+    let n = &list[0];
+    assert_eq!(n["attempts"], 3);
+    assert_eq!(n["error"], Value::Null);
+    let requests = fake.requests_to(&phone);
+    assert_eq!(
+        requests.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [500, 500, 201]
+    );
+    // No sender id configured: no `from`.
+    assert!(!requests[2].form.contains_key("from"));
+    let events = notification_events(&app, s(&n["id"])).await;
+    assert_eq!(
+        statuses(&events),
+        ["sending", "queued", "sending", "queued", "sending", "sent"]
+    );
+    assert!(s(&events[1]["error"]).contains("500"), "{}", events[1]);
+
+    // 429 (rate limited by the provider) is worth another attempt too.
+    let other = app.create_customer(json!({})).await;
+    let other_phone = s(&other["phone"]).to_string();
+    fake.fail_next(&other_phone, 1, 429);
+    let order = app.create_order(s(&other["id"]), json!({})).await;
+    let list = wait_notifications(&app, s(&order["id"]), |l| all_have_status(l, "sent")).await;
+    assert_eq!(list[0]["attempts"], 2);
+    assert_eq!(fake.requests_to(&other_phone).len(), 2);
+    assert_events_gap_free(&app).await;
+}
+
+#[tokio::test]
+async fn attempts_stop_at_max_attempts() {
+    let fake = FakeAt::start().await;
+    let app = at_app(&fake, |s| s.sms.max_attempts = 3).await;
+    let customer = app.create_customer(json!({})).await;
+    let phone = s(&customer["phone"]).to_string();
+    fake.fail_next(&phone, 100, 503);
+    let order = app.create_order(s(&customer["id"]), json!({})).await;
+    let list = wait_notifications(&app, s(&order["id"]), |l| all_have_status(l, "failed")).await;
+    assert_eq!(list[0]["attempts"], 3);
+    assert!(s(&list[0]["error"]).contains("503"), "{}", list[0]);
+    assert_eq!(fake.requests_to(&phone).len(), 3);
+}
+
+#[tokio::test]
+async fn an_invalid_phone_number_fails_without_retry() {
+    let fake = FakeAt::start().await;
+    let app = at_app(&fake, |_| {}).await;
+    let customer = app.create_customer(json!({})).await;
+    let phone = s(&customer["phone"]).to_string();
+    fake.reject_number(&phone);
+    let order = app.create_order(s(&customer["id"]), json!({})).await;
+    let list = wait_notifications(&app, s(&order["id"]), |l| all_have_status(l, "failed")).await;
+    let n = &list[0];
+    assert_eq!(n["attempts"], 1);
+    assert!(s(&n["error"]).contains("InvalidPhoneNumber"), "{n}");
+    assert_eq!(n["provider_message_id"], Value::Null);
+    assert_eq!(fake.requests_to(&phone).len(), 1);
+    let events = notification_events(&app, s(&n["id"])).await;
+    assert_eq!(statuses(&events), ["sending", "failed"]);
+}
+
+#[tokio::test]
+async fn a_rejected_api_key_fails_the_message_without_spinning() {
+    let fake = FakeAt::start().await;
+    let app = at_app(&fake, |s| s.sms.africastalking.api_key = "wrong-key".into()).await;
+    let (phone, order) = customer_and_order(&app, json!({})).await;
+    let list = wait_notifications(&app, s(&order["id"]), |l| all_have_status(l, "failed")).await;
+    let n = &list[0];
+    assert_eq!(n["attempts"], 1);
+    assert!(s(&n["error"]).contains("401"), "{n}");
+    let requests = fake.requests_to(&phone);
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].status, 401);
+    // `failed` is final: nothing is left to retry.
+    let page: Value = app
+        .get("/api/v1/notifications?status=queued")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"], json!([]));
+}
+
+/// With `rate_per_second` R and `burst` B, request i (from 0) cannot go before
+/// (i + 1 - B) / R seconds after the limiter's first decision, which comes after `start`.
+#[tokio::test]
+async fn the_global_rate_limit_spaces_requests() {
+    const N: usize = 25;
+    const RATE: f64 = 20.0;
+    const BURST: usize = 5;
+    let fake = FakeAt::start().await;
+    let app = at_app(&fake, |s| {
+        s.sms.rate_per_second = RATE as u32;
+        s.sms.burst = BURST as u32;
+    })
+    .await;
+    let mut customers = Vec::new();
+    for _ in 0..N {
+        customers.push(s(&app.create_customer(json!({})).await["id"]).to_string());
+    }
+    // Orders arrive together, so that only the limiter can spread the requests out.
+    let start = Instant::now();
+    let orders = customers.iter().map(|c| app.create_order(c, json!({})));
+    futures_util::future::join_all(orders).await;
+    wait_status_count(&app, "sent", N).await;
+
+    let mut times: Vec<Instant> = fake.requests().iter().map(|r| r.at).collect();
+    assert_eq!(times.len(), N);
+    times.sort();
+    for (i, t) in times.iter().enumerate().skip(BURST) {
+        let elapsed = t.duration_since(start).as_secs_f64();
+        let least = (i + 1 - BURST) as f64 / RATE;
+        assert!(
+            elapsed >= least - 0.01,
+            "request {i} came {elapsed:.3}s after the orders; the limit allows it at {least:.3}s"
+        );
+    }
+}
+
+/// 60 per minute: a burst of 60, then one a second. Messages over it wait; none is lost.
+#[tokio::test]
+async fn the_per_recipient_limit_delays_messages_without_dropping_them() {
+    const N: usize = 63;
+    let fake = FakeAt::start().await;
+    let app = at_app(&fake, |s| s.sms.per_recipient_per_minute = 60).await;
+    let customer = app.create_customer(json!({})).await;
+    let phone = s(&customer["phone"]).to_string();
+    let cid = s(&customer["id"]).to_string();
+    let start = Instant::now();
+    let orders = (0..N).map(|_| app.create_order(&cid, json!({})));
+    futures_util::future::join_all(orders).await;
+    wait_status_count(&app, "sent", N).await;
+
+    let requests = fake.requests_to(&phone);
+    assert_eq!(requests.len(), N);
+    let mut messages: Vec<&str> = requests
+        .iter()
+        .map(|r| r.form["message"].as_str())
+        .collect();
+    messages.sort();
+    messages.dedup();
+    assert_eq!(messages.len(), N, "each order's message exactly once");
+    let mut times: Vec<Instant> = requests.iter().map(|r| r.at).collect();
+    times.sort();
+    for (i, least) in [(60, 1.0), (61, 2.0), (62, 3.0)] {
+        let elapsed = times[i].duration_since(start).as_secs_f64();
+        assert!(
+            elapsed >= least - 0.01,
+            "message {} went {elapsed:.3}s after the orders, before {least}s",
+            i + 1
+        );
+    }
+}
+
+#[tokio::test]
+async fn messages_left_queued_or_abandoned_by_a_crash_are_sent_once_after_restart() {
+    let fake = FakeAt::start().await;
+    let mut app = at_app(&fake, |_| {}).await;
+    let customer = app.create_customer(json!({})).await;
+    let phone = s(&customer["phone"]).to_string();
+    let order = app.create_order(s(&customer["id"]), json!({})).await;
+    let order_id = s(&order["id"]).to_string();
+    wait_notifications(&app, &order_id, |l| all_have_status(l, "sent")).await;
+    app.stop(false).await;
+
+    // What a crash leaves behind: a message never picked up, one whose sender died
+    // mid-request (lease over), and one still leased by a sender that may yet finish.
+    let now = chrono::Utc::now().timestamp_millis();
+    let row = |message: &str, status: &str, attempts: i32, lease_until: Option<i64>| {
+        notification::Model {
+            id: uuid::Uuid::now_v7(),
+            order_id: uuid::Uuid::parse_str(&order_id).unwrap(),
+            customer_id: uuid::Uuid::parse_str(s(&customer["id"])).unwrap(),
+            phone: phone.clone(),
+            message: message.into(),
+            status: status.into(),
+            attempts,
+            provider: Some("africastalking".into()),
+            provider_message_id: None,
+            cost: None,
+            error: None,
+            next_attempt_at: Some(now - 5000),
+            lease_until,
+            created_at: now - 5000,
+            updated_at: now - 5000,
+        }
+    };
+    let db = app.db.connect().await;
+    for m in [
+        row("left queued", "queued", 0, None),
+        row("lease expired", "sending", 1, Some(now - 1000)),
+        row("still leased", "sending", 1, Some(now + 600_000)),
+    ] {
+        m.into_active_model().insert(&db).await.unwrap();
+    }
+    db.close().await.unwrap();
+
+    app.restart(false).await;
+    let list = wait_notifications(&app, &order_id, |l| {
+        l.iter().filter(|n| n["status"] == "sent").count() == 3
+    })
+    .await;
+    let by_message = |m: &str| list.iter().find(|n| n["message"] == m).unwrap().clone();
+    assert_eq!(by_message("left queued")["attempts"], 1);
+    assert_eq!(by_message("lease expired")["attempts"], 2);
+    assert_eq!(by_message("still leased")["status"], "sending");
+
+    let sent: Vec<String> = fake
+        .requests_to(&phone)
+        .iter()
+        .map(|r| r.form["message"].clone())
+        .collect();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent.iter().filter(|m| *m == "left queued").count(), 1);
+    assert_eq!(sent.iter().filter(|m| *m == "lease expired").count(), 1);
+    assert!(!sent.iter().any(|m| m == "still leased"));
+    assert_events_gap_free(&app).await;
+}
+
+/// The provider holds each answer 1.5 s and one send runs at a time: orders are still
+/// acknowledged meanwhile; a graceful stop lets the send in flight finish and leaves the
+/// next message queued, and the restarted service sends it.
+#[tokio::test]
+async fn a_slow_provider_holds_no_order_and_a_graceful_stop_finishes_the_send_in_flight() {
+    let fake = FakeAt::start().await;
+    fake.set_delay(Duration::from_millis(1500));
+    let mut app = at_app(&fake, |s| {
+        s.sms.concurrency = 1;
+        s.sms.request_timeout_secs = 5;
+        s.sms.lease_secs = 8;
+    })
+    .await;
+    let customer = app.create_customer(json!({})).await;
+    let phone = s(&customer["phone"]).to_string();
+    let first = app.create_order(s(&customer["id"]), json!({})).await;
+    let first_id = s(&first["id"]).to_string();
+    wait_notifications(&app, &first_id, |l| all_have_status(l, "sending")).await;
+    let second = app.create_order(s(&customer["id"]), json!({})).await;
+    let second_id = s(&second["id"]).to_string();
+    assert_eq!(
+        notifications_of(&app, &first_id).await[0]["status"],
+        "sending",
+        "the order was acknowledged while the provider still held the first message"
+    );
+
+    app.stop(true).await;
+    let rows: Vec<(String, String)> = query_all(
+        &app,
+        "SELECT order_id, status FROM notifications ORDER BY id",
+    )
+    .await
+    .into_iter()
+    .map(|r| {
+        let order: uuid::Uuid = r.try_get_by_index(0).unwrap();
+        (order.to_string(), r.try_get_by_index::<String>(1).unwrap())
+    })
+    .collect();
+    assert_eq!(
+        rows,
+        [
+            (first_id.clone(), "sent".to_string()),
+            (second_id.clone(), "queued".to_string())
+        ]
+    );
+    assert_eq!(fake.requests_to(&phone).len(), 1);
+
+    app.restart(true).await;
+    wait_notifications(&app, &second_id, |l| all_have_status(l, "sent")).await;
+    assert_eq!(fake.requests_to(&phone).len(), 2);
+}
+
+async fn report(app: &TestApp, secret: Option<&str>, form: &[(&str, &str)]) -> reqwest::Response {
+    let mut url = format!("{}/api/v1/webhooks/africastalking/delivery", app.url);
+    if let Some(secret) = secret {
+        url.push_str(&format!("?secret={secret}"));
+    }
+    app.client.post(url).form(form).send().await.unwrap()
+}
+
+fn delivery<'a>(id: &'a str, status: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("id", id),
+        ("status", status),
+        ("phoneNumber", "+254711000000"),
+        ("networkCode", "63902"),
+        ("retryCount", "0"),
+    ]
+}
+
+#[tokio::test]
+async fn delivery_reports_move_sent_messages_forward_only() {
+    let fake = FakeAt::start().await;
+    let app = at_app(&fake, |_| {}).await;
+    let customer = app.create_customer(json!({})).await;
+    let mut sent = Vec::new();
+    for _ in 0..4 {
+        let order = app.create_order(s(&customer["id"]), json!({})).await;
+        let list = wait_notifications(&app, s(&order["id"]), |l| all_have_status(l, "sent")).await;
+        sent.push((s(&order["id"]).to_string(), list[0].clone()));
+    }
+    let pid = |i: usize| s(&sent[i].1["provider_message_id"]).to_string();
+    let status_of = async |i: usize| notifications_of(&app, &sent[i].0).await[0].clone();
+
+    // Success -> delivered; a later failure report does not move it back.
+    assert_eq!(
+        report(&app, Some(SECRET), &delivery(&pid(0), "Success"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(status_of(0).await["status"], "delivered");
+    let pid0 = pid(0);
+    let mut failed = delivery(&pid0, "Failed");
+    failed.push(("failureReason", "DeliveryFailure"));
+    assert_eq!(report(&app, Some(SECRET), &failed).await.status(), 200);
+    assert_eq!(status_of(0).await["status"], "delivered");
+    let events = notification_events(&app, s(&sent[0].1["id"])).await;
+    assert_eq!(statuses(&events), ["sending", "sent", "delivered"]);
+
+    // Rejected -> failed with the reason.
+    let pid1 = pid(1);
+    let mut rejected = delivery(&pid1, "Rejected");
+    rejected.push(("failureReason", "UserInBlacklist"));
+    assert_eq!(report(&app, Some(SECRET), &rejected).await.status(), 200);
+    let n = status_of(1).await;
+    assert_eq!(n["status"], "failed");
+    assert!(s(&n["error"]).contains("UserInBlacklist"), "{n}");
+
+    // Still on its way: stays sent.
+    assert_eq!(
+        report(&app, Some(SECRET), &delivery(&pid(2), "Buffered"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(status_of(2).await["status"], "sent");
+
+    // Unknown ids are acknowledged and ignored.
+    assert_eq!(
+        report(&app, Some(SECRET), &delivery("ATXid_unknown", "Success"))
+            .await
+            .status(),
+        200
+    );
+
+    // A wrong or missing secret is refused and changes nothing.
+    assert_problem(
+        report(&app, Some("wrong"), &delivery(&pid(3), "Success")).await,
+        401,
+        &[],
+    )
+    .await;
+    assert_problem(
+        report(&app, None, &delivery(&pid(3), "Success")).await,
+        401,
+        &[],
+    )
+    .await;
+    assert_eq!(status_of(3).await["status"], "sent");
+
+    // A report without an id names the field.
+    assert_problem(
+        report(&app, Some(SECRET), &[("status", "Success")]).await,
+        422,
+        &["id"],
+    )
+    .await;
+    assert_events_gap_free(&app).await;
+}
+
+#[tokio::test]
+async fn an_idempotent_replay_sends_no_second_sms() {
+    let fake = FakeAt::start().await;
+    let app = at_app(&fake, |_| {}).await;
+    let customer = app.create_customer(json!({})).await;
+    let phone = s(&customer["phone"]).to_string();
+    let body = json!({"customer_id": customer["id"], "item": "Sofa", "amount": "300.00"});
+    let send = || {
+        app.request(reqwest::Method::POST, "/api/v1/orders")
+            .header("Idempotency-Key", "order-once-1")
+            .json(&body)
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    wait_notifications(&app, s(&first["id"]), |l| all_have_status(l, "sent")).await;
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), 201);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+
+    let rows = query_all(&app, "SELECT COUNT(*) FROM notifications").await;
+    assert_eq!(rows[0].try_get_by_index::<i64>(0).unwrap(), 1);
+    assert_eq!(fake.requests_to(&phone).len(), 1);
+}
+
+#[tokio::test]
+async fn notify_on_adds_an_sms_for_the_listed_status_changes() {
+    let fake = FakeAt::start().await;
+    let app = at_app(&fake, |s| {
+        s.sms.notify_on = vec![NotifyOn::Created, NotifyOn::Shipped]
+    })
+    .await;
+    let (phone, order) = customer_and_order(&app, json!({"item": "Bicycle"})).await;
+    let id = s(&order["id"]).to_string();
+    wait_notifications(&app, &id, |l| all_have_status(l, "sent")).await;
+
+    let r = app
+        .patch(
+            &format!("/api/v1/orders/{id}"),
+            &json!({"status": "confirmed"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        notifications_of(&app, &id).await.len(),
+        1,
+        "confirmed is not listed"
+    );
+    let r = app
+        .patch(
+            &format!("/api/v1/orders/{id}"),
+            &json!({"status": "shipped"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let list = wait_notifications(&app, &id, |l| l.len() == 2 && all_have_status(l, "sent")).await;
+    assert!(
+        s(&list[0]["message"]).contains("is on its way"),
+        "{}",
+        list[0]
+    );
+    let sent = fake.requests_to(&phone);
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].form["message"], s(&list[0]["message"]));
+    assert!(sent[1].form["message"].contains("Bicycle"));
+}
+
+/// Kills the child process when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_binary_with_defaults_logs_each_sms_and_marks_it_sent() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("duka.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[http]\nbind = \"127.0.0.1:{port}\"\n[database]\nurl = {:?}\n\
+             [auth]\ntokens = [\"{TOKEN}\"]\n",
+            dir.path().join("data").display().to_string(),
+            db.url()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("duka.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_duka"))
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "duka did not start: {}",
+            std::fs::read_to_string(&log_path).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let post = async |path: &str, body: Value| -> Value {
+        let r = client
+            .post(format!("{url}{path}"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json().await.unwrap()
+    };
+    let phone = unique_phone();
+    let customer = post(
+        "/api/v1/customers",
+        json!({"name": "Achieng", "phone": phone}),
+    )
+    .await;
+    let order = post(
+        "/api/v1/orders",
+        json!({"customer_id": customer["id"], "item": "Radio", "amount": "45.00"}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let n = loop {
+        let page: Value = client
+            .get(format!(
+                "{url}/api/v1/orders/{}/notifications",
+                s(&order["id"])
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let n = page["items"][0].clone();
+        if n["status"] == "sent" {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "not sent: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(n["provider"], "log");
+    assert_eq!(n["attempts"], 1);
+    assert!(s(&n["provider_message_id"]).starts_with("log-"), "{n}");
+
+    // No webhook secret configured: delivery reports are refused.
+    let r = client
+        .post(format!(
+            "{url}/api/v1/webhooks/africastalking/delivery?secret="
+        ))
+        .form(&delivery(s(&n["provider_message_id"]), "Success"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    drop(child);
+    let output = std::fs::read_to_string(&log_path).unwrap();
+    let masked = duka::domain::phone::mask(&phone);
+    let line = output
+        .lines()
+        .find(|l| l.contains("log provider") && l.contains(&masked))
+        .unwrap_or_else(|| panic!("no log line for the SMS in:\n{output}"));
+    assert!(line.contains(s(&n["message"])), "{line}");
+    assert!(
+        !output.contains(&phone),
+        "the full phone number was logged:\n{output}"
+    );
+}
