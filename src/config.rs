@@ -603,19 +603,25 @@ mod tests {
         let err = from_toml(base).unwrap_err().to_string();
         assert!(err.starts_with("auth.oidc.issuer_url:"), "{err}");
         let issuer = "issuer_url = \"https://accounts.google.com\"\n";
-        let err = from_toml(&format!("{base}{issuer}")).unwrap_err().to_string();
-        assert!(err.starts_with("auth.oidc.client_id:"), "{err}");
-        let client = "client_id = \"c\"\nclient_secret = \"s\"\n";
-        let err = from_toml(&format!("{base}{issuer}{client}redirect_url = \"https://d.example/x\""))
+        let err = from_toml(&format!("{base}{issuer}"))
             .unwrap_err()
             .to_string();
+        assert!(err.starts_with("auth.oidc.client_id:"), "{err}");
+        let client = "client_id = \"c\"\nclient_secret = \"s\"\n";
+        let err = from_toml(&format!(
+            "{base}{issuer}{client}redirect_url = \"https://d.example/x\""
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("auth.oidc.redirect_url:"), "{err}");
         let redirect = "redirect_url = \"https://d.example/auth/callback\"\n";
         let ok = from_toml(&format!("{base}{issuer}{client}{redirect}")).unwrap();
         assert_eq!(ok.auth.mode, AuthMode::Oidc);
-        let err = from_toml(&format!("{base}{issuer}{client}{redirect}scopes = [\"email\"]"))
-            .unwrap_err()
-            .to_string();
+        let err = from_toml(&format!(
+            "{base}{issuer}{client}{redirect}scopes = [\"email\"]"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("auth.oidc.scopes:"), "{err}");
         let err = from_toml(&format!(
             "{base}{issuer}{client}{redirect}allowed_domains = [\"a@b.c\"]"

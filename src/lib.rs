@@ -88,19 +88,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         store::migrate(&db).await.map_err(StartError)?;
     }
 
-    let repo = Repository::new(db, write_config(&settings)).start();
-    let session_key = auth::session::SessionKey::load(&settings.auth.session_key, &settings.data_dir)
-        .map_err(|e| {
-            StartError(format!(
-                "cannot keep the session key in {}: {e}",
-                settings.data_dir.display()
-            ))
-        })?;
-    let sessions = auth::session::Sessions::new(
-        session_key,
-        repo.clone(),
-        std::time::Duration::from_secs(u64::from(settings.auth.session_ttl_hours) * 3600),
-    );
+    // The issuer is asked before anything starts: a wrong issuer stops the start at once.
     let mut generated_token = None;
     let mode = match settings.auth.mode {
         config::AuthMode::Token => {
@@ -123,6 +111,21 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
                 .map_err(|e| StartError(e.to_string()))?,
         )),
     };
+    let repo = Repository::new(db, write_config(&settings)).start();
+    let session_key =
+        auth::session::SessionKey::load(&settings.auth.session_key, &settings.data_dir).map_err(
+            |e| {
+                StartError(format!(
+                    "cannot keep the session key in {}: {e}",
+                    settings.data_dir.display()
+                ))
+            },
+        )?;
+    let sessions = auth::session::Sessions::new(
+        session_key,
+        repo.clone(),
+        std::time::Duration::from_secs(u64::from(settings.auth.session_ttl_hours) * 3600),
+    );
     let authenticator = web::Data::new(auth::Authenticator::new(
         mode,
         sessions,

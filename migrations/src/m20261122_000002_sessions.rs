@@ -26,7 +26,12 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Sessions::Table)
                     // SHA-256 (hex) of the session id: a copy of the table opens no session.
-                    .col(ColumnDef::new(Sessions::IdHash).text().not_null().primary_key())
+                    .col(
+                        ColumnDef::new(Sessions::IdHash)
+                            .text()
+                            .not_null()
+                            .primary_key(),
+                    )
                     .col(ColumnDef::new(Sessions::Subject).text().not_null())
                     .col(ColumnDef::new(Sessions::Name).text().null())
                     .col(ColumnDef::new(Sessions::Email).text().null())

@@ -276,12 +276,18 @@ pub async fn authenticate_optional(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned()
-        && let Ok(found) = auth.authenticate(req.request()).await
-    {
-        req.extensions_mut().insert(found.principal);
-        if found.by_cookie {
-            req.extensions_mut().insert(ByCookie);
+    if let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned() {
+        match auth.authenticate(req.request()).await {
+            Ok(found) => {
+                req.extensions_mut().insert(found.principal);
+                if found.by_cookie {
+                    req.extensions_mut().insert(ByCookie);
+                }
+            }
+            // Kept so that a handler needing a principal can say why there is none.
+            Err(failure) => {
+                req.extensions_mut().insert(failure);
+            }
         }
     }
     next.call(req).await
@@ -322,11 +328,12 @@ impl FromRequest for Principal {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(
+        ready(req.extensions().get::<Principal>().cloned().ok_or_else(|| {
             req.extensions()
-                .get::<Principal>()
+                .get::<AuthFailure>()
                 .cloned()
-                .ok_or_else(|| AuthFailure::Missing.into_api_error()),
-        )
+                .unwrap_or(AuthFailure::Missing)
+                .into_api_error()
+        }))
     }
 }

@@ -199,8 +199,10 @@ impl OidcAuth {
         validation.set_issuer(&[&self.settings.issuer_url]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<BearerClaims>(token, &key, &validation).map_err(|e| {
-            match e.kind() {
+        let data =
+            jsonwebtoken::decode::<BearerClaims>(token, &key, &validation).map_err(|e| match e
+                .kind()
+            {
                 ErrorKind::ExpiredSignature => AuthFailure::Expired,
                 ErrorKind::ImmatureSignature => AuthFailure::NotYetValid,
                 ErrorKind::InvalidAudience => AuthFailure::WrongAudience,
@@ -215,8 +217,7 @@ impl OidcAuth {
                 | ErrorKind::InvalidEddsaKey
                 | ErrorKind::InvalidKeyFormat => AuthFailure::UnknownKey,
                 _ => AuthFailure::Malformed,
-            }
-        })?;
+            })?;
         let c = data.claims;
         let verified = match c.email_verified {
             None => None,
@@ -325,7 +326,9 @@ impl OidcAuth {
         let login: LoginState = sealed
             .and_then(|v| key.open("login", v))
             .and_then(|p| serde_json::from_slice(&p).ok())
-            .ok_or(AuthFailure::Login("no sign-in is in progress in this browser"))?;
+            .ok_or(AuthFailure::Login(
+                "no sign-in is in progress in this browser",
+            ))?;
         if login.expires_at < chrono::Utc::now().timestamp() {
             return Err(AuthFailure::Login("the sign-in took too long; start again"));
         }
@@ -431,10 +434,7 @@ async fn fetch_keys(http: &openidconnect::reqwest::Client, uri: &Url) -> Result<
         .await
         .map_err(|e| format!("cannot fetch the JWKS at {uri}: {}", error_chain(&e)))?;
     if !response.status().is_success() {
-        return Err(format!(
-            "the JWKS at {uri} answered {}",
-            response.status()
-        ));
+        return Err(format!("the JWKS at {uri} answered {}", response.status()));
     }
     let body = response
         .bytes()

@@ -63,7 +63,10 @@ async fn create_session(
 
 /// `POST /auth/logout`: ends the session on the server (the cookie's id is deleted, so a
 /// copy of it no longer works) and tells the browser to forget it.
-async fn logout(auth: web::Data<Authenticator>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+async fn logout(
+    auth: web::Data<Authenticator>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     if let Some(cookie) = req.cookie(SESSION_COOKIE) {
         // Another site may not sign the user out either.
         if same_origin(&req) == Some(false)
@@ -131,21 +134,17 @@ async fn callback(
     query: web::Query<CallbackQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let oidc = oidc_of(&auth)?;
-    let forget_login = session::removal(LOGIN_COOKIE, LOGIN_PATH, &req);
-    let with_forget = |e: ApiError| -> HttpResponse {
-        let mut response = actix_web::ResponseError::error_response(&e);
-        let _ = response.add_cookie(&forget_login);
-        response
-    };
+    // A failed callback leaves the sign-in cookie alone: a forged callback from another
+    // site must not be able to cancel the user's own sign-in.
     if let Some(error) = &query.error {
         let code: String = error
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(64)
             .collect();
-        return Ok(with_forget(ApiError::Unauthorized(format!(
+        return Err(ApiError::Unauthorized(format!(
             "sign-in failed: the issuer answered {code}"
-        ))));
+        )));
     }
     let (Some(code), Some(state)) = (&query.code, &query.state) else {
         return Err(ApiError::bad_param("code", "code and state are required"));
@@ -159,10 +158,7 @@ async fn callback(
             state,
         )
         .await;
-    let (principal, next) = match result {
-        Ok(done) => done,
-        Err(failure) => return Ok(with_forget(failure.into_api_error())),
-    };
+    let (principal, next) = result.map_err(AuthFailure::into_api_error)?;
     let cookie = auth.sessions.create(&principal, &req).await?;
     tracing::info!(subject = %principal.subject, "signed in");
     Ok(HttpResponse::SeeOther()

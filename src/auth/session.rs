@@ -104,7 +104,8 @@ impl Sessions {
         };
         self.repo.send(Write(WriteOp::CreateSession(row))).await??;
         let value = self.key.seal("session", &id);
-        let max_age = CookieDuration::seconds(i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX));
+        let max_age =
+            CookieDuration::seconds(i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX));
         Ok(cookie(SESSION_COOKIE, value, "/", req, Some(max_age)))
     }
 

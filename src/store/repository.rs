@@ -74,7 +74,9 @@ impl Actor for Repository {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // The mailbox must not push back on HTTP handlers; the pending queue is the buffer.
-        ctx.set_mailbox_capacity(usize::MAX);
+        // Not usize::MAX: actix computes `MAX_CAPACITY - capacity` whenever an Addr is
+        // cloned, which overflows (a panic in debug builds) for any clone made after start.
+        ctx.set_mailbox_capacity(usize::MAX / 4);
         ctx.run_interval(Duration::from_secs(600), |act, ctx| {
             let db = act.db.clone();
             ctx.spawn(

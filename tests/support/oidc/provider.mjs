@@ -124,6 +124,10 @@ server.on('request', async (req, res) => {
   }
 });
 
+// The harness reads only the first line of stdout and then closes it: later output goes
+// to stderr, and a write to the closed pipe must not bring the provider down.
+process.stdout.on('error', () => {});
+console.log = console.info = console.error;
 process.stdin.on('end', () => process.exit(0));
 process.stdin.resume();
 process.stdout.write(`${JSON.stringify({ issuer, client_id: CLIENT_ID, client_secret: CLIENT_SECRET })}\n`);
