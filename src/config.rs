@@ -490,24 +490,24 @@ impl Settings {
         if o.client_id.is_empty() {
             return Err(key_error("auth.oidc.client_id", required));
         }
-        if o.client_secret.is_empty() {
-            return Err(key_error("auth.oidc.client_secret", required));
-        }
-        let redirect = url::Url::parse(&o.redirect_url).map_err(|e| {
-            key_error(
-                "auth.oidc.redirect_url",
-                if o.redirect_url.is_empty() {
-                    format!("{required} (e.g. https://duka.example.com/auth/callback)")
-                } else {
-                    e.to_string()
-                },
-            )
-        })?;
-        if !matches!(redirect.scheme(), "https" | "http") || redirect.path() != "/auth/callback" {
-            return Err(key_error(
-                "auth.oidc.redirect_url",
-                "must be this server's /auth/callback URL, e.g. https://duka.example.com/auth/callback",
-            ));
+        // Without a secret and a callback, only API tokens (and POST /auth/session) work:
+        // what issuers without browser sign-in, such as Firebase, offer.
+        if !o.redirect_url.is_empty() {
+            let redirect = url::Url::parse(&o.redirect_url)
+                .map_err(|e| key_error("auth.oidc.redirect_url", e))?;
+            if !matches!(redirect.scheme(), "https" | "http") || redirect.path() != "/auth/callback"
+            {
+                return Err(key_error(
+                    "auth.oidc.redirect_url",
+                    "must be this server's /auth/callback URL, e.g. https://duka.example.com/auth/callback",
+                ));
+            }
+            if o.client_secret.is_empty() {
+                return Err(key_error(
+                    "auth.oidc.client_secret",
+                    "is required for browser sign-in (when auth.oidc.redirect_url is set)",
+                ));
+            }
         }
         if !o.scopes.iter().any(|s| s == "openid") {
             return Err(key_error("auth.oidc.scopes", "must include \"openid\""));
@@ -607,6 +607,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("auth.oidc.client_id:"), "{err}");
+        let client = "client_id = \"c\"\n";
+        assert!(
+            from_toml(&format!("{base}{issuer}{client}")).is_ok(),
+            "API tokens only"
+        );
+        let err = from_toml(&format!(
+            "{base}{issuer}{client}redirect_url = \"https://d.example/auth/callback\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("auth.oidc.client_secret:"), "{err}");
         let client = "client_id = \"c\"\nclient_secret = \"s\"\n";
         let err = from_toml(&format!(
             "{base}{issuer}{client}redirect_url = \"https://d.example/x\""

@@ -487,6 +487,67 @@ async fn allowed_domains_and_emails_restrict_who_gets_in() {
     );
 }
 
+/// Firebase-like: the issuer publishes keys but no sign-in endpoints. API tokens work, and
+/// a page that signed in with the issuer's SDK trades its ID token for a session cookie.
+#[tokio::test]
+async fn an_issuer_without_sign_in_endpoints_serves_api_tokens_and_sessions() {
+    let provider = Provider::start_with(&[("OIDC_BEARER_ONLY", "1")]).await;
+    let app = spawn_oidc_app(&provider, |s| {
+        s.auth.oidc.client_secret.clear();
+        s.auth.oidc.redirect_url.clear();
+        s.auth.oidc.audience.clear();
+        s.auth.oidc.client_id = "my-firebase-project".into();
+    })
+    .await;
+    let mut claims = provider.claims("uid-1");
+    claims["aud"] = json!("my-firebase-project");
+    let token = provider.mint(&claims, "current").await;
+    assert_eq!(
+        with_bearer(&app, "/api/v1/customers", &token)
+            .await
+            .status(),
+        200
+    );
+    let r = send(&app, Method::GET, "/auth/login?next=/", &[], None).await;
+    assert_problem(r, 404, &[]).await;
+
+    let r = send(
+        &app,
+        Method::POST,
+        "/auth/session",
+        &[],
+        Some(json!({ "token": token })),
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    let set = set_cookie(&r, "duka_session").unwrap();
+    let cookie = set
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("duka_session=")
+        .to_string();
+    let me: Value = with_cookie(&app, Method::GET, "/auth/me", &cookie)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["subject"], "uid-1");
+    assert_eq!(me["mode"], "oidc");
+    let mut claims = provider.claims("uid-1");
+    claims["exp"] = json!(chrono::Utc::now().timestamp() - 600);
+    let expired = provider.mint(&claims, "current").await;
+    let r = send(
+        &app,
+        Method::POST,
+        "/auth/session",
+        &[],
+        Some(json!({ "token": expired })),
+    )
+    .await;
+    assert_refused(r, "expired").await;
+}
+
 #[tokio::test]
 async fn an_unreachable_issuer_stops_the_start_with_a_clear_message() {
     let db = TestDb::new();

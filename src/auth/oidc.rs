@@ -41,7 +41,10 @@ struct Keys {
 pub struct OidcAuth {
     settings: config::Oidc,
     audience: String,
-    metadata: CoreProviderMetadata,
+    issuer: IssuerUrl,
+    jwks_uri: Url,
+    /// Present when browser sign-in is possible.
+    metadata: Option<CoreProviderMetadata>,
     http: openidconnect::reqwest::Client,
     /// Asymmetric algorithms the issuer advertises (never `none` or HMAC).
     algs: Vec<Algorithm>,
@@ -89,55 +92,109 @@ fn to_jwt_alg(alg: &CoreJwsSigningAlgorithm) -> Option<Algorithm> {
 
 impl OidcAuth {
     /// Discovers the issuer and fetches its keys; fails when it cannot be reached.
+    ///
+    /// The discovery document is read as JSON first, because bearer verification needs only
+    /// `issuer`, `jwks_uri` and the algorithms: issuers that offer no browser sign-in (Firebase's
+    /// `securetoken.google.com` has no authorization endpoint) still work for API tokens and
+    /// `POST /auth/session`. Browser sign-in is on when `openidconnect` accepts the full
+    /// metadata and `client_secret` and `redirect_url` are set.
     pub async fn discover(settings: &config::Oidc) -> Result<Self, DiscoveryError> {
+        let fail = |what: String| DiscoveryError(format!("auth.oidc.issuer_url: {what}"));
         let http = openidconnect::reqwest::Client::builder()
             // Following redirects would let a discovery or JWKS URL send us anywhere.
             .redirect(openidconnect::reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| DiscoveryError(format!("cannot build an HTTP client: {e}")))?;
-        let issuer = IssuerUrl::new(settings.issuer_url.clone())
-            .map_err(|e| DiscoveryError(format!("auth.oidc.issuer_url: {e}")))?;
-        let metadata = CoreProviderMetadata::discover_async(issuer, &http)
+        let issuer =
+            IssuerUrl::new(settings.issuer_url.clone()).map_err(|e| fail(e.to_string()))?;
+        let discovery_url = issuer
+            .join(".well-known/openid-configuration")
+            .map_err(|e| fail(e.to_string()))?;
+        let cannot = |e: String| {
+            fail(format!(
+                "cannot discover the OpenID provider at {}: {e}",
+                settings.issuer_url
+            ))
+        };
+        let response = http
+            .get(discovery_url.clone())
+            .header("accept", "application/json")
+            .send()
             .await
-            .map_err(|e| {
-                DiscoveryError(format!(
-                    "auth.oidc.issuer_url: cannot discover the OpenID provider at {}: {}",
-                    settings.issuer_url,
-                    error_chain(&e)
-                ))
-            })?;
-        let core_algs: Vec<CoreJwsSigningAlgorithm> = metadata
-            .id_token_signing_alg_values_supported()
-            .iter()
+            .map_err(|e| cannot(error_chain(&e)))?;
+        if !response.status().is_success() {
+            return Err(cannot(format!(
+                "{discovery_url} answered {}",
+                response.status()
+            )));
+        }
+        let raw: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| cannot(format!("{discovery_url} is not JSON: {e}")))?;
+        // Exact string comparison: `https://x/` and `https://x` are different issuers.
+        if raw["issuer"].as_str() != Some(settings.issuer_url.as_str()) {
+            return Err(cannot(format!(
+                "the provider calls itself {} (use exactly that)",
+                raw["issuer"]
+            )));
+        }
+        let jwks_uri = raw["jwks_uri"]
+            .as_str()
+            .and_then(|u| Url::parse(u).ok())
+            .ok_or_else(|| cannot("its metadata has no valid jwks_uri".into()))?;
+        let core_algs: Vec<CoreJwsSigningAlgorithm> = raw["id_token_signing_alg_values_supported"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| serde_json::from_value::<CoreJwsSigningAlgorithm>(a.clone()).ok())
             .filter(|a| to_jwt_alg(a).is_some_and(is_asymmetric))
-            .cloned()
             .collect();
         let algs: Vec<Algorithm> = core_algs.iter().filter_map(to_jwt_alg).collect();
         if algs.is_empty() {
-            return Err(DiscoveryError(format!(
-                "auth.oidc.issuer_url: {} advertises no asymmetric signing algorithm",
-                settings.issuer_url
-            )));
+            return Err(cannot(
+                "it advertises no asymmetric signing algorithm".into(),
+            ));
+        }
+        let metadata = match serde_json::from_value::<CoreProviderMetadata>(raw) {
+            Ok(m) if m.token_endpoint().is_some() => Some(m),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::info!(error = %e, "the issuer offers no browser sign-in; API tokens only");
+                None
+            }
+        };
+        let login_configured =
+            !settings.client_secret.is_empty() && !settings.redirect_url.is_empty();
+        if metadata.is_some() && !login_configured {
+            tracing::info!(
+                "browser sign-in is off: set auth.oidc.client_secret and auth.oidc.redirect_url"
+            );
         }
         let audience = if settings.audience.is_empty() {
             settings.client_id.clone()
         } else {
             settings.audience.clone()
         };
-        let keys = fetch_keys(&http, metadata.jwks_uri().url())
-            .await
-            .map_err(|e| DiscoveryError(format!("auth.oidc.issuer_url: {e}")))?;
+        let keys = fetch_keys(&http, &jwks_uri).await.map_err(fail)?;
         Ok(Self {
             settings: settings.clone(),
             audience,
-            metadata,
+            issuer,
+            jwks_uri,
+            metadata: metadata.filter(|_| login_configured),
             http,
             algs,
             core_algs,
             keys: RwLock::new(keys),
             last_refresh: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether browsers can sign in here (the issuer has the endpoints, duka the client).
+    pub fn can_sign_in(&self) -> bool {
+        self.metadata.is_some()
     }
 
     /// Fetches the JWKS again unless that happened less than `REFRESH_EVERY` ago.
@@ -147,7 +204,7 @@ impl OidcAuth {
             return;
         }
         *last = Some(Instant::now());
-        match fetch_keys(&self.http, self.metadata.jwks_uri().url()).await {
+        match fetch_keys(&self.http, &self.jwks_uri).await {
             Ok(keys) => {
                 if let Ok(mut current) = self.keys.write() {
                     *current = keys;
@@ -280,8 +337,12 @@ impl OidcAuth {
     > {
         let redirect = RedirectUrl::new(self.settings.redirect_url.clone())
             .map_err(|e| format!("auth.oidc.redirect_url: {e}"))?;
+        let metadata = self
+            .metadata
+            .clone()
+            .ok_or_else(|| "browser sign-in is not available".to_string())?;
         Ok(CoreClient::from_provider_metadata(
-            self.metadata.clone(),
+            metadata,
             ClientId::new(self.settings.client_id.clone()),
             Some(ClientSecret::new(self.settings.client_secret.clone())),
         )
@@ -368,7 +429,7 @@ impl OidcAuth {
                 .map_err(|_| AuthFailure::Login("the signing keys are unavailable"))?;
             let verifier = CoreIdTokenVerifier::new_public_client(
                 ClientId::new(self.settings.client_id.clone()),
-                self.metadata.issuer().clone(),
+                self.issuer.clone(),
                 keys,
             )
             .set_allowed_algs(self.core_algs.clone());

@@ -86,10 +86,11 @@ struct LoginQuery {
     next: Option<String>,
 }
 
+/// The OIDC mode when browser sign-in is possible, else 404.
 fn oidc_of(auth: &Authenticator) -> Result<&oidc::OidcAuth, ApiError> {
-    auth.oidc().ok_or_else(|| {
+    auth.oidc().filter(|o| o.can_sign_in()).ok_or_else(|| {
         ApiError::NotFound(
-            "OpenID Connect sign-in is not enabled (auth.mode = \"token\"); use POST /auth/session"
+            "browser sign-in with OpenID Connect is not available here; post a token to /auth/session"
                 .into(),
         )
     })

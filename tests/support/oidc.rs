@@ -32,6 +32,11 @@ pub struct Provider {
 
 impl Provider {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Like `start`, with extra environment for the provider script (e.g. OIDC_BEARER_ONLY).
+    pub async fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = provider_dir();
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -43,6 +48,7 @@ impl Provider {
             .current_dir(&dir)
             .env("OIDC_CLIENT_ID", CLIENT_ID)
             .env("OIDC_CLIENT_SECRET", CLIENT_SECRET)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             // DUKA_TEST_PROVIDER_LOG=1 shows the provider's own log.

@@ -4,6 +4,8 @@
 //   POST /test/mint   {claims, key?, attack?} -> {token}: a JWT signed with a chosen key
 //   POST /test/rotate -> {kid}: a new signing key for minted tokens; the old one leaves the JWKS
 //   GET  /test/stats  -> {jwks}: how often the JWKS was fetched
+// With OIDC_BEARER_ONLY=1 its discovery document is cut down to what Firebase's
+// securetoken.google.com publishes: no authorization or token endpoint, API tokens only.
 // Prints one JSON line {"issuer": ...} on stdout when ready; exits when stdin closes, so a
 // test process that dies does not leave it behind.
 import http from 'node:http';
@@ -103,6 +105,15 @@ const callback = provider.callback();
 server.on('request', async (req, res) => {
   try {
     const path = req.url.split('?')[0];
+    if (process.env.OIDC_BEARER_ONLY && path === '/.well-known/openid-configuration') {
+      return send(res, 200, {
+        issuer,
+        jwks_uri: `${issuer}/jwks`,
+        response_types_supported: ['id_token'],
+        subject_types_supported: ['public'],
+        id_token_signing_alg_values_supported: ['RS256'],
+      });
+    }
     if (req.method === 'GET' && path === '/jwks') {
       jwksFetches += 1;
       return send(res, 200, { keys: [idTokenKey.pub, mintKey.pub] });
