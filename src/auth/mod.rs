@@ -183,7 +183,7 @@ impl Authenticator {
     }
 
     /// `Err(seconds to wait)` when `key` is over its rate.
-    fn check_rate(&self, key: &str) -> Result<(), u64> {
+    pub(crate) fn check_rate(&self, key: &str) -> Result<(), u64> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };

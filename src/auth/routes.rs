@@ -53,10 +53,22 @@ async fn create_session(
     let Some(token) = token else {
         return Err(ApiError::Internal("validated token missing".into()));
     };
-    let principal = auth
-        .verify_bearer(&token)
-        .await
-        .map_err(AuthFailure::into_api_error)?;
+    let principal = match auth.verify_bearer(&token).await {
+        Ok(principal) => principal,
+        Err(failure) => {
+            // Guessing tokens here is held to the same per-address rate as on the API.
+            let address = req
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            if let Err(secs) = auth.check_rate(&format!("ip:{address}")) {
+                return Err(ApiError::RateLimited {
+                    retry_after_secs: secs.max(1),
+                });
+            }
+            return Err(failure.into_api_error());
+        }
+    };
     let cookie = auth.sessions.create(&principal, &req).await?;
     Ok(HttpResponse::NoContent().cookie(cookie).finish())
 }
