@@ -61,6 +61,24 @@ pub enum AuthMode {
 pub struct Auth {
     pub mode: AuthMode,
     pub tokens: Vec<String>,
+    /// Secret that signs session cookies; empty: generated once into `data_dir`.
+    pub session_key: String,
+    pub session_ttl_hours: u32,
+    pub oidc: Oidc,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Oidc {
+    pub issuer_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub redirect_url: String,
+    /// The `aud` bearer tokens must carry; empty: the client id.
+    pub audience: String,
+    pub scopes: Vec<String>,
+    pub allowed_domains: Vec<String>,
+    pub allowed_emails: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,6 +222,24 @@ impl Default for Auth {
         Self {
             mode: AuthMode::Token,
             tokens: Vec::new(),
+            session_key: String::new(),
+            session_ttl_hours: 168,
+            oidc: Oidc::default(),
+        }
+    }
+}
+
+impl Default for Oidc {
+    fn default() -> Self {
+        Self {
+            issuer_url: String::new(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            redirect_url: String::new(),
+            audience: String::new(),
+            scopes: vec!["openid".into(), "email".into(), "profile".into()],
+            allowed_domains: Vec::new(),
+            allowed_emails: Vec::new(),
         }
     }
 }
@@ -373,11 +409,17 @@ impl Settings {
                 ));
             }
         }
-        if self.auth.mode == AuthMode::Oidc {
+        if !self.auth.session_key.is_empty() && self.auth.session_key.len() < 32 {
             return Err(key_error(
-                "auth.mode",
-                "\"oidc\" is not available in this build; use \"token\"",
+                "auth.session_key",
+                "must be at least 32 characters (or empty to generate one)",
             ));
+        }
+        if self.auth.session_ttl_hours == 0 {
+            return Err(key_error("auth.session_ttl_hours", "must be at least 1"));
+        }
+        if self.auth.mode == AuthMode::Oidc {
+            self.validate_oidc()?;
         }
         crate::domain::money::Currency::parse(&self.orders.default_currency)
             .map_err(|e| key_error("orders.default_currency", e))?;
@@ -456,6 +498,69 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_oidc(&self) -> Result<(), ConfigError> {
+        let o = &self.auth.oidc;
+        let required = "is required when auth.mode = \"oidc\"";
+        let issuer = url::Url::parse(&o.issuer_url).map_err(|e| {
+            key_error(
+                "auth.oidc.issuer_url",
+                if o.issuer_url.is_empty() {
+                    required.to_string()
+                } else {
+                    e.to_string()
+                },
+            )
+        })?;
+        if !matches!(issuer.scheme(), "https" | "http") || issuer.query().is_some() {
+            return Err(key_error(
+                "auth.oidc.issuer_url",
+                "must be an https:// URL without a query, e.g. https://accounts.google.com",
+            ));
+        }
+        if o.client_id.is_empty() {
+            return Err(key_error("auth.oidc.client_id", required));
+        }
+        // Without a secret and a callback, only API tokens (and POST /auth/session) work:
+        // what issuers without browser sign-in, such as Firebase, offer.
+        if !o.redirect_url.is_empty() {
+            let redirect = url::Url::parse(&o.redirect_url)
+                .map_err(|e| key_error("auth.oidc.redirect_url", e))?;
+            if !matches!(redirect.scheme(), "https" | "http") || redirect.path() != "/auth/callback"
+            {
+                return Err(key_error(
+                    "auth.oidc.redirect_url",
+                    "must be this server's /auth/callback URL, e.g. https://duka.example.com/auth/callback",
+                ));
+            }
+            if o.client_secret.is_empty() {
+                return Err(key_error(
+                    "auth.oidc.client_secret",
+                    "is required for browser sign-in (when auth.oidc.redirect_url is set)",
+                ));
+            }
+        }
+        if !o.scopes.iter().any(|s| s == "openid") {
+            return Err(key_error("auth.oidc.scopes", "must include \"openid\""));
+        }
+        for (i, d) in o.allowed_domains.iter().enumerate() {
+            if d.is_empty() || d.contains('@') || d.trim() != d {
+                return Err(key_error(
+                    &format!("auth.oidc.allowed_domains[{i}]"),
+                    "must be a domain such as example.com",
+                ));
+            }
+        }
+        for (i, e) in o.allowed_emails.iter().enumerate() {
+            if !e.contains('@') || e.trim() != e {
+                return Err(key_error(
+                    &format!("auth.oidc.allowed_emails[{i}]"),
+                    "must be an email address",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.http.bind.parse().map_err(|_| {
             key_error(
@@ -528,5 +633,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("sms.notify_on"), "{err}");
+    }
+
+    #[test]
+    fn oidc_keys_are_checked_and_named() {
+        let base = "[auth]\nmode = \"oidc\"\n[auth.oidc]\n";
+        let err = from_toml(base).unwrap_err().to_string();
+        assert!(err.starts_with("auth.oidc.issuer_url:"), "{err}");
+        let issuer = "issuer_url = \"https://accounts.google.com\"\n";
+        let err = from_toml(&format!("{base}{issuer}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("auth.oidc.client_id:"), "{err}");
+        let client = "client_id = \"c\"\n";
+        assert!(
+            from_toml(&format!("{base}{issuer}{client}")).is_ok(),
+            "API tokens only"
+        );
+        let err = from_toml(&format!(
+            "{base}{issuer}{client}redirect_url = \"https://d.example/auth/callback\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("auth.oidc.client_secret:"), "{err}");
+        let client = "client_id = \"c\"\nclient_secret = \"s\"\n";
+        let err = from_toml(&format!(
+            "{base}{issuer}{client}redirect_url = \"https://d.example/x\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("auth.oidc.redirect_url:"), "{err}");
+        let redirect = "redirect_url = \"https://d.example/auth/callback\"\n";
+        let ok = from_toml(&format!("{base}{issuer}{client}{redirect}")).unwrap();
+        assert_eq!(ok.auth.mode, AuthMode::Oidc);
+        let err = from_toml(&format!(
+            "{base}{issuer}{client}{redirect}scopes = [\"email\"]"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("auth.oidc.scopes:"), "{err}");
+        let err = from_toml(&format!(
+            "{base}{issuer}{client}{redirect}allowed_domains = [\"a@b.c\"]"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("auth.oidc.allowed_domains[0]:"), "{err}");
+        let err = from_toml("[auth]\nsession_key = \"short\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("auth.session_key:"), "{err}");
     }
 }

@@ -103,24 +103,50 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         store::migrate(&db).await.map_err(StartError)?;
     }
 
-    let mut tokens = settings.auth.tokens.clone();
+    // The issuer is asked before anything starts: a wrong issuer stops the start at once.
     let mut generated_token = None;
-    if tokens.is_empty() {
-        let (token, _) = auth::token::load_or_create(&settings.data_dir).map_err(|e| {
-            StartError(format!(
-                "cannot keep the API token in {}: {e}",
-                settings.data_dir.display()
-            ))
-        })?;
-        tokens.push(token.clone());
-        generated_token = Some(token);
-    }
+    let mode = match settings.auth.mode {
+        config::AuthMode::Token => {
+            let mut tokens = settings.auth.tokens.clone();
+            if tokens.is_empty() {
+                let (token, _) = auth::token::load_or_create(&settings.data_dir).map_err(|e| {
+                    StartError(format!(
+                        "cannot keep the API token in {}: {e}",
+                        settings.data_dir.display()
+                    ))
+                })?;
+                tokens.push(token.clone());
+                generated_token = Some(token);
+            }
+            auth::Mode::Token(auth::token::TokenAuth::new(&tokens))
+        }
+        config::AuthMode::Oidc => auth::Mode::Oidc(std::sync::Arc::new(
+            auth::oidc::OidcAuth::discover(&settings.auth.oidc)
+                .await
+                .map_err(|e| StartError(e.to_string()))?,
+        )),
+    };
+    let repo = Repository::new(db, write_config(&settings)).start();
+    let session_key =
+        auth::session::SessionKey::load(&settings.auth.session_key, &settings.data_dir).map_err(
+            |e| {
+                StartError(format!(
+                    "cannot keep the session key in {}: {e}",
+                    settings.data_dir.display()
+                ))
+            },
+        )?;
+    let sessions = auth::session::Sessions::new(
+        session_key,
+        repo.clone(),
+        std::time::Duration::from_secs(u64::from(settings.auth.session_ttl_hours) * 3600),
+    );
     let authenticator = web::Data::new(auth::Authenticator::new(
-        auth::Mode::Token(auth::token::TokenAuth::new(&tokens)),
+        mode,
+        sessions,
         &settings.http.rate_limit,
     ));
 
-    let repo = Repository::new(db, write_config(&settings)).start();
     let sms = if settings.sms.enabled {
         let provider = sms::provider_from(&settings.sms).map_err(StartError)?;
         let dispatcher =

@@ -1,19 +1,26 @@
 //! Authentication: who is calling. `token` mode checks bearer tokens from the settings (or
-//! one generated at first start); the extractor and middleware are mode-agnostic so that
-//! other modes slot in beside it.
+//! one generated at first start); `oidc` mode verifies JWTs from an OpenID issuer and signs
+//! browsers in with it. In both, a browser may instead hold a session cookie (`session`).
+//! The extractor and middleware are mode-agnostic.
 
+pub mod oidc;
+pub mod routes;
+pub mod session;
 pub mod token;
 
 use crate::http::problem::ApiError;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, header};
 use actix_web::middleware::Next;
-use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
+use session::{SESSION_COOKIE, Sessions};
 use std::future::{Ready, ready};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An authenticated caller.
@@ -26,35 +33,81 @@ pub struct Principal {
     pub mode: &'static str,
 }
 
-/// Why a credential was refused (the class only, never the credential).
+/// Why a credential was refused (the class only, never the credential or internals).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthFailure {
     Missing,
     Invalid,
+    Expired,
+    NotYetValid,
+    WrongAudience,
+    WrongIssuer,
+    BadSignature,
+    UnknownKey,
+    DisallowedAlgorithm,
+    Malformed,
+    /// The session cookie names no live session (ended, expired or forged).
+    SessionEnded,
+    /// A browser sign-in step failed.
+    Login(&'static str),
+    /// Authenticated, but the allow lists say no (403).
+    NotAllowed(String),
+    /// A cookie-authenticated change from another origin (403).
+    CrossOrigin,
+    /// The session store could not be asked.
+    Unavailable(String),
 }
 
 impl AuthFailure {
     pub fn into_api_error(self) -> ApiError {
-        ApiError::Unauthorized(match self {
-            Self::Missing => "credentials are required: send Authorization: Bearer <token>".into(),
-            Self::Invalid => "the credentials are not valid".into(),
-        })
+        let unauthorized = |s: &str| ApiError::Unauthorized(s.to_string());
+        match self {
+            Self::Missing => unauthorized(
+                "credentials are required: send Authorization: Bearer <token> or sign in",
+            ),
+            Self::Invalid => unauthorized("the credentials are not valid"),
+            Self::Expired => unauthorized("the token has expired"),
+            Self::NotYetValid => unauthorized("the token is not valid yet (nbf)"),
+            Self::WrongAudience => unauthorized("the token is meant for another audience (aud)"),
+            Self::WrongIssuer => unauthorized("the token is from another issuer (iss)"),
+            Self::BadSignature => unauthorized("the token's signature is not valid"),
+            Self::UnknownKey => unauthorized("the token is signed with an unknown key (kid)"),
+            Self::DisallowedAlgorithm => {
+                unauthorized("the token's signing algorithm (alg) is not accepted")
+            }
+            Self::Malformed => unauthorized("the token is malformed"),
+            Self::SessionEnded => unauthorized("the session has ended; sign in again"),
+            Self::Login(why) => unauthorized(&format!("sign-in failed: {why}")),
+            Self::NotAllowed(why) => ApiError::Forbidden(why),
+            Self::CrossOrigin => ApiError::Forbidden(
+                "a cookie-authenticated change must come from this site (Origin)".into(),
+            ),
+            Self::Unavailable(cause) => ApiError::Unavailable(cause),
+        }
     }
 }
 
 pub enum Mode {
     Token(token::TokenAuth),
+    Oidc(Arc<oidc::OidcAuth>),
 }
 
 /// Authenticates requests and rate-limits them per principal (per client address before).
 pub struct Authenticator {
     mode: Mode,
+    pub sessions: Sessions,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
     checks: AtomicU64,
 }
 
+/// A principal and how it was proven.
+pub struct Authenticated {
+    pub principal: Principal,
+    pub by_cookie: bool,
+}
+
 impl Authenticator {
-    pub fn new(mode: Mode, rate: &crate::config::RateLimit) -> Self {
+    pub fn new(mode: Mode, sessions: Sessions, rate: &crate::config::RateLimit) -> Self {
         let limiter = rate.enabled.then(|| {
             let per_second = NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN);
             let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
@@ -62,27 +115,75 @@ impl Authenticator {
         });
         Self {
             mode,
+            sessions,
             limiter,
             checks: AtomicU64::new(0),
         }
     }
 
-    /// The sign-in mode, for clients choosing how to sign in.
     pub fn mode_name(&self) -> &'static str {
-        match &self.mode {
+        match self.mode {
             Mode::Token(_) => "token",
+            Mode::Oidc(_) => "oidc",
         }
     }
 
-    pub fn authenticate(&self, req: &HttpRequest) -> Result<Principal, AuthFailure> {
-        let bearer = bearer_token(req);
+    pub fn oidc(&self) -> Option<&oidc::OidcAuth> {
         match &self.mode {
-            Mode::Token(tokens) => tokens.authenticate(bearer.as_deref()),
+            Mode::Oidc(o) => Some(o),
+            Mode::Token(_) => None,
         }
+    }
+
+    /// Checks a bearer credential (a configured token, or a JWT in OIDC mode).
+    pub async fn verify_bearer(&self, bearer: &str) -> Result<Principal, AuthFailure> {
+        match &self.mode {
+            Mode::Token(tokens) => tokens.authenticate(Some(bearer)),
+            Mode::Oidc(oidc) => oidc.verify_bearer(bearer).await,
+        }
+    }
+
+    /// A bearer credential wins over a session cookie: a client that sends one means it.
+    pub async fn authenticate(&self, req: &HttpRequest) -> Result<Authenticated, AuthFailure> {
+        if let Some(bearer) = bearer_token(req) {
+            return Ok(Authenticated {
+                principal: self.verify_bearer(&bearer).await?,
+                by_cookie: false,
+            });
+        }
+        let Some(cookie) = req.cookie(SESSION_COOKIE) else {
+            return Err(AuthFailure::Missing);
+        };
+        let principal = self
+            .sessions
+            .find(cookie.value())
+            .await
+            .map_err(|e| AuthFailure::Unavailable(e.to_string()))?
+            .ok_or(AuthFailure::SessionEnded)?;
+        // A session outlives neither a change of mode nor the removal of its token, and the
+        // allow lists in force now apply.
+        let still_valid = match &self.mode {
+            Mode::Token(tokens) => principal.mode == "token" && tokens.knows(&principal.subject),
+            Mode::Oidc(oidc) => {
+                if principal.mode != "oidc" {
+                    false
+                } else {
+                    oidc.check_allowed(&principal, None)?;
+                    true
+                }
+            }
+        };
+        if !still_valid {
+            return Err(AuthFailure::SessionEnded);
+        }
+        Ok(Authenticated {
+            principal,
+            by_cookie: true,
+        })
     }
 
     /// `Err(seconds to wait)` when `key` is over its rate.
-    fn check_rate(&self, key: &str) -> Result<(), u64> {
+    pub(crate) fn check_rate(&self, key: &str) -> Result<(), u64> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
@@ -137,8 +238,14 @@ pub async fn require_principal(
             ApiError::Internal("no authenticator configured".into()),
         ));
     };
-    match auth.authenticate(req.request()) {
-        Ok(principal) => {
+    match auth.authenticate(req.request()).await {
+        Ok(Authenticated {
+            principal,
+            by_cookie,
+        }) => {
+            if by_cookie && !cookie_use_allowed(req.request()) {
+                return Ok(refuse(req, AuthFailure::CrossOrigin.into_api_error()));
+            }
             if let Err(secs) = auth.check_rate(&principal.subject) {
                 return Ok(refuse(
                     req,
@@ -169,12 +276,46 @@ pub async fn authenticate_optional(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned()
-        && let Ok(principal) = auth.authenticate(req.request())
-    {
-        req.extensions_mut().insert(principal);
+    if let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned() {
+        match auth.authenticate(req.request()).await {
+            Ok(found) => {
+                req.extensions_mut().insert(found.principal);
+                if found.by_cookie {
+                    req.extensions_mut().insert(ByCookie);
+                }
+            }
+            // Kept so that a handler needing a principal can say why there is none.
+            Err(failure) => {
+                req.extensions_mut().insert(failure);
+            }
+        }
     }
     next.call(req).await
+}
+
+/// Marks a request whose principal came from the session cookie.
+#[derive(Clone, Copy)]
+pub struct ByCookie;
+
+/// Whether a request's `Origin` is this server itself (scheme and host, as a browser sees
+/// them, proxies' `X-Forwarded-Proto`/`-Host` included).
+pub fn same_origin(req: &HttpRequest) -> Option<bool> {
+    let origin = req.headers().get(header::ORIGIN)?.to_str().ok()?;
+    let info = req.connection_info();
+    Some(origin.eq_ignore_ascii_case(&format!("{}://{}", info.scheme(), info.host())))
+}
+
+/// A session cookie may ride a safe request from anywhere (SameSite=Lax already keeps it
+/// off cross-site subrequests), but a change, or a WebSocket (which browsers open
+/// cross-site with cookies), needs this site's `Origin`. A change without any `Origin` is
+/// refused too: every current browser sends one on POST, PATCH and DELETE, so its absence
+/// means a non-browser client, which should send a bearer token instead.
+fn cookie_use_allowed(req: &HttpRequest) -> bool {
+    let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    match same_origin(req) {
+        Some(same) => same,
+        None => !unsafe_method,
+    }
 }
 
 fn refuse<B>(req: ServiceRequest, error: ApiError) -> ServiceResponse<EitherBody<B>> {
@@ -187,21 +328,12 @@ impl FromRequest for Principal {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(
+        ready(req.extensions().get::<Principal>().cloned().ok_or_else(|| {
             req.extensions()
-                .get::<Principal>()
+                .get::<AuthFailure>()
                 .cloned()
-                .ok_or_else(|| AuthFailure::Missing.into_api_error()),
-        )
+                .unwrap_or(AuthFailure::Missing)
+                .into_api_error()
+        }))
     }
-}
-
-/// `GET /auth/me`: who the credentials belong to.
-pub async fn me(principal: Principal) -> HttpResponse {
-    HttpResponse::Ok().json(principal)
-}
-
-/// `GET /auth/config`: how to sign in (no credentials needed).
-pub async fn config(auth: web::Data<Authenticator>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "mode": auth.mode_name() }))
 }

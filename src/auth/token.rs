@@ -34,12 +34,22 @@ impl TokenAuth {
         }
         let i = matched.ok_or(AuthFailure::Invalid)?;
         Ok(Principal {
-            subject: format!("token:{}", hex::encode(&self.digests[i][..6])),
+            subject: subject_of(&self.digests[i]),
             name: Some(format!("API token {}", i + 1)),
             email: None,
             mode: "token",
         })
     }
+
+    /// Whether a session's subject still belongs to a configured token (a session made with a
+    /// token that has since been removed from the settings is over).
+    pub fn knows(&self, subject: &str) -> bool {
+        self.digests.iter().any(|d| subject_of(d) == subject)
+    }
+}
+
+fn subject_of(digest: &[u8; 32]) -> String {
+    format!("token:{}", hex::encode(&digest[..6]))
 }
 
 /// The generated token file in the data directory.
@@ -50,17 +60,24 @@ pub fn token_file(data_dir: &Path) -> PathBuf {
 /// Reads the generated token, or creates one (file mode 0600) on first start.
 /// Returns the token and whether it was just created.
 pub fn load_or_create(data_dir: &Path) -> std::io::Result<(String, bool)> {
-    let path = token_file(data_dir);
-    match std::fs::read_to_string(&path) {
+    load_or_create_secret(&token_file(data_dir), "duka_")
+}
+
+/// Reads a generated secret from `path`, or creates one there (file mode 0600, its directory
+/// too) made of `prefix` and 32 random bytes in hex. Returns it and whether it was created.
+pub fn load_or_create_secret(path: &Path, prefix: &str) -> std::io::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
         Ok(text) if !text.trim().is_empty() => return Ok((text.trim().to_string(), false)),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    std::fs::create_dir_all(data_dir)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let token = format!("duka_{}", hex::encode(bytes));
+    let secret = format!("{prefix}{}", hex::encode(bytes));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -68,11 +85,11 @@ pub fn load_or_create(data_dir: &Path) -> std::io::Result<(String, bool)> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(&path)?;
-    file.write_all(token.as_bytes())?;
+    let mut file = options.open(path)?;
+    file.write_all(secret.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()?;
-    Ok((token, true))
+    Ok((secret, true))
 }
 
 #[cfg(test)]

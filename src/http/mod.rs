@@ -41,8 +41,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, auth: web::Data<auth::Authenticat
         .service(web::resource("/readyz").route(web::get().to(health::readyz)))
         .service(
             web::scope("/auth")
-                .service(resource("/me").route(web::get().to(auth::me)))
-                .service(resource("/config").route(web::get().to(auth::config)))
+                .configure(auth::routes::routes)
+                .default_service(web::to(problem::not_found))
                 .wrap(actix_web::middleware::from_fn(auth::authenticate_optional)),
         )
         // Provider callbacks carry their own secret; registered before the /api/v1 scope
@@ -92,7 +92,7 @@ pub fn reply(reply: WriteReply) -> Result<HttpResponse, ApiError> {
 }
 
 pub fn reply_with(status: StatusCode, reply: WriteReply) -> Result<HttpResponse, ApiError> {
-    if matches!(reply, WriteReply::Deleted) {
+    if matches!(reply, WriteReply::Deleted | WriteReply::Done) {
         return Ok(HttpResponse::NoContent().finish());
     }
     let (status, body) = body_of(status, reply)?;
@@ -108,7 +108,7 @@ fn body_of(status: StatusCode, reply: WriteReply) -> Result<(StatusCode, String)
         WriteReply::Customer(c) => (status, json(serde_json::to_string(&c))?),
         WriteReply::Order(o) => (status, json(serde_json::to_string(&o))?),
         WriteReply::Notification(n) => (status, json(serde_json::to_string(&n))?),
-        WriteReply::Deleted => (StatusCode::NO_CONTENT, String::new()),
+        WriteReply::Deleted | WriteReply::Done => (StatusCode::NO_CONTENT, String::new()),
         WriteReply::Replay { status, body } => (
             StatusCode::from_u16(status).map_err(|e| ApiError::Internal(e.to_string()))?,
             body,

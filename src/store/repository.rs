@@ -83,7 +83,16 @@ impl Actor for Repository {
             let db = act.db.clone();
             ctx.spawn(
                 async move {
-                    let cutoff = Timestamp::now().millis() - IDEMPOTENCY_TTL_MS;
+                    let now = Timestamp::now().millis();
+                    use super::entities::session as s;
+                    if let Err(e) = s::Entity::delete_many()
+                        .filter(s::Column::ExpiresAt.lt(now))
+                        .exec(&db)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not prune expired sessions");
+                    }
+                    let cutoff = now - IDEMPOTENCY_TTL_MS;
                     use super::entities::idempotency_key as k;
                     match k::Entity::delete_many()
                         .filter(k::Column::CreatedAt.lt(cutoff))
@@ -182,5 +191,14 @@ query!(
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
         Err(_) => Err(StoreError::Unavailable("the database did not answer in time".into())),
+    }
+);
+query!(
+    /// The live session with this id hash (`None` when unknown or expired).
+    GetSession { id_hash: String } -> Option<super::entities::session::Model>,
+    |db, m| {
+        use super::entities::session as s;
+        let row = s::Entity::find_by_id(m.id_hash).one(&db).await?;
+        Ok(row.filter(|r| r.expires_at > Timestamp::now().millis()))
     }
 );

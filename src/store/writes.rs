@@ -2,7 +2,7 @@
 //! (group commit). Each operation writes its rows, its events (with gap-free `seq`) and its
 //! idempotency record; nothing is visible to anyone until the batch commits.
 
-use super::entities::{customer, event, idempotency_key, notification, order};
+use super::entities::{customer, event, idempotency_key, notification, order, session};
 use super::error::StoreError;
 use super::reads;
 use super::views::{CustomerView, NotificationView, OrderView};
@@ -89,6 +89,12 @@ pub enum WriteOp {
         provider_message_id: String,
         outcome: DeliveryOutcome,
     },
+    /// A browser session begins (see `auth::session`).
+    CreateSession(session::Model),
+    /// A browser session ends (logout); ending an unknown one is not an error.
+    EndSession {
+        id_hash: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +125,8 @@ pub enum WriteReply {
     Order(OrderView),
     Notification(NotificationView),
     Deleted,
+    /// Done, nothing to show.
+    Done,
     /// An idempotent repeat: the original response, verbatim.
     Replay {
         status: u16,
@@ -340,6 +348,16 @@ async fn apply(
             provider_message_id,
             outcome,
         } => delivery_report(txn, &provider_message_id, outcome, ctx).await,
+        WriteOp::CreateSession(row) => {
+            session::Entity::insert(row.into_active_model())
+                .exec_without_returning(txn)
+                .await?;
+            Ok(WriteReply::Done)
+        }
+        WriteOp::EndSession { id_hash } => {
+            session::Entity::delete_by_id(id_hash).exec(txn).await?;
+            Ok(WriteReply::Done)
+        }
     }
 }
 
@@ -380,7 +398,7 @@ where
         WriteReply::Customer(c) => serde_json::to_string(c),
         WriteReply::Order(o) => serde_json::to_string(o),
         WriteReply::Notification(n) => serde_json::to_string(n),
-        WriteReply::Deleted | WriteReply::Replay { .. } => Ok(String::new()),
+        WriteReply::Deleted | WriteReply::Done | WriteReply::Replay { .. } => Ok(String::new()),
     }
     .map_err(|e| StoreError::Internal(e.to_string()))?;
     let record = idempotency_key::Model {

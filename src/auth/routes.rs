@@ -1,0 +1,189 @@
+//! `/auth/*`: who am I, browser sessions (both modes) and the OIDC sign-in round trip.
+
+use super::session::{self, SESSION_COOKIE};
+use super::{AuthFailure, Authenticator, ByCookie, Principal, oidc, same_origin};
+use crate::http::body::{Form, JsonObject, text};
+use crate::http::problem::ApiError;
+use crate::http::resource;
+use actix_web::cookie::time::Duration as CookieDuration;
+use actix_web::http::header;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+
+const LOGIN_COOKIE: &str = "duka_login";
+const LOGIN_PATH: &str = "/auth/callback";
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/me").route(web::get().to(me)))
+        .service(resource("/config").route(web::get().to(config)))
+        .service(resource("/session").route(web::post().to(create_session)))
+        .service(resource("/logout").route(web::post().to(logout)))
+        .service(resource("/login").route(web::get().to(login)))
+        .service(resource("/callback").route(web::get().to(callback)));
+}
+
+/// `GET /auth/config`: how to sign in, for the dashboard (no credentials needed).
+async fn config(auth: web::Data<Authenticator>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "mode": auth.mode_name() }))
+}
+
+/// `GET /auth/me`: who the credentials belong to.
+async fn me(principal: Principal) -> HttpResponse {
+    HttpResponse::Ok().json(principal)
+}
+
+/// `POST /auth/session {"token"}`: trades a bearer credential (an API token, or in OIDC
+/// mode an ID token / access token the page got from the issuer) for a session cookie, so
+/// the page need not keep the token where scripts can read it.
+async fn create_session(
+    auth: web::Data<Authenticator>,
+    req: HttpRequest,
+    body: JsonObject,
+) -> Result<HttpResponse, ApiError> {
+    // Another site must not sign a browser into an account of its choosing.
+    if same_origin(&req) == Some(false) {
+        return Err(AuthFailure::CrossOrigin.into_api_error());
+    }
+    let mut f = Form::new(body);
+    let token = f.required(
+        "token",
+        text(|s| {
+            if s.is_empty() {
+                Err("must not be empty".to_string())
+            } else {
+                Ok(s.to_string())
+            }
+        }),
+    );
+    f.finish()?;
+    let Some(token) = token else {
+        return Err(ApiError::Internal("validated token missing".into()));
+    };
+    let principal = match auth.verify_bearer(&token).await {
+        Ok(principal) => principal,
+        Err(failure) => {
+            // Guessing tokens here is held to the same per-address rate as on the API.
+            let address = req
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            if let Err(secs) = auth.check_rate(&format!("ip:{address}")) {
+                return Err(ApiError::RateLimited {
+                    retry_after_secs: secs.max(1),
+                });
+            }
+            return Err(failure.into_api_error());
+        }
+    };
+    let cookie = auth.sessions.create(&principal, &req).await?;
+    Ok(HttpResponse::NoContent().cookie(cookie).finish())
+}
+
+/// `POST /auth/logout`: ends the session on the server (the cookie's id is deleted, so a
+/// copy of it no longer works) and tells the browser to forget it.
+async fn logout(
+    auth: web::Data<Authenticator>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(cookie) = req.cookie(SESSION_COOKIE) {
+        // Another site may not sign the user out either.
+        if same_origin(&req) == Some(false)
+            || (same_origin(&req).is_none() && req.extensions().get::<ByCookie>().is_some())
+        {
+            return Err(AuthFailure::CrossOrigin.into_api_error());
+        }
+        auth.sessions.end(cookie.value()).await?;
+    }
+    Ok(HttpResponse::NoContent()
+        .cookie(session::removal(SESSION_COOKIE, "/", &req))
+        .finish())
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    next: Option<String>,
+}
+
+/// The OIDC mode when browser sign-in is possible, else 404.
+fn oidc_of(auth: &Authenticator) -> Result<&oidc::OidcAuth, ApiError> {
+    auth.oidc().filter(|o| o.can_sign_in()).ok_or_else(|| {
+        ApiError::NotFound(
+            "browser sign-in with OpenID Connect is not available here; post a token to /auth/session"
+                .into(),
+        )
+    })
+}
+
+/// `GET /auth/login?next=/path`: sends the browser to the issuer.
+async fn login(
+    auth: web::Data<Authenticator>,
+    req: HttpRequest,
+    query: web::Query<LoginQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let oidc = oidc_of(&auth)?;
+    let next = oidc::safe_next(query.next.as_deref());
+    let (url, sealed) = oidc
+        .start_login(next, &auth.sessions.key)
+        .map_err(ApiError::Internal)?;
+    let cookie = session::cookie(
+        LOGIN_COOKIE,
+        sealed,
+        LOGIN_PATH,
+        &req,
+        Some(CookieDuration::minutes(10)),
+    );
+    Ok(HttpResponse::Found()
+        .insert_header((header::LOCATION, url.to_string()))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .cookie(cookie)
+        .finish())
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET /auth/callback?code&state`: finishes the sign-in, starts a session, goes to `next`.
+async fn callback(
+    auth: web::Data<Authenticator>,
+    req: HttpRequest,
+    query: web::Query<CallbackQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let oidc = oidc_of(&auth)?;
+    // A failed callback leaves the sign-in cookie alone: a forged callback from another
+    // site must not be able to cancel the user's own sign-in.
+    if let Some(error) = &query.error {
+        let code: String = error
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        return Err(ApiError::Unauthorized(format!(
+            "sign-in failed: the issuer answered {code}"
+        )));
+    }
+    let (Some(code), Some(state)) = (&query.code, &query.state) else {
+        return Err(ApiError::bad_param("code", "code and state are required"));
+    };
+    let sealed = req.cookie(LOGIN_COOKIE);
+    let result = oidc
+        .finish_login(
+            sealed.as_ref().map(|c| c.value()),
+            &auth.sessions.key,
+            code,
+            state,
+        )
+        .await;
+    let (principal, next) = result.map_err(AuthFailure::into_api_error)?;
+    let cookie = auth.sessions.create(&principal, &req).await?;
+    tracing::info!(subject = %principal.subject, "signed in");
+    Ok(HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, next))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .cookie(cookie)
+        .cookie(session::removal(LOGIN_COOKIE, LOGIN_PATH, &req))
+        .finish())
+}

@@ -1,0 +1,220 @@
+//! Browser sessions, the same in both modes. The cookie holds a random session id signed
+//! with the session key; the database holds only the SHA-256 of that id with the principal
+//! and an expiry. Logging out deletes the row, so a saved copy of the cookie is worthless,
+//! and rows outlive a restart. The signature lets forged cookies be refused without a
+//! database read.
+
+use super::Principal;
+use crate::http::problem::ApiError;
+use crate::store::Repository;
+use crate::store::entities::session;
+use crate::store::repository::{GetSession, Write};
+use crate::store::writes::WriteOp;
+use actix::Addr;
+use actix_web::HttpRequest;
+use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const SESSION_COOKIE: &str = "duka_session";
+
+/// The secret that signs cookie values (sessions, sign-ins in progress).
+#[derive(Clone)]
+pub struct SessionKey([u8; 32]);
+
+impl SessionKey {
+    /// From `auth.session_key`, or else the key file in `data_dir` (created on first start).
+    pub fn load(configured: &str, data_dir: &Path) -> std::io::Result<Self> {
+        if !configured.is_empty() {
+            return Ok(Self(Sha256::digest(configured.as_bytes()).into()));
+        }
+        let (text, _) = super::token::load_or_create_secret(&key_file(data_dir), "")?;
+        Ok(Self(Sha256::digest(text.as_bytes()).into()))
+    }
+
+    fn mac(&self, purpose: &str, payload: &[u8]) -> Hmac<Sha256> {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        // The purpose keeps a value signed for one use from being accepted for another.
+        mac.update(purpose.as_bytes());
+        mac.update(b"\0");
+        mac.update(payload);
+        mac
+    }
+
+    /// `payload` and its signature, cookie-safe.
+    pub fn seal(&self, purpose: &str, payload: &[u8]) -> String {
+        let tag = self.mac(purpose, payload).finalize().into_bytes();
+        format!("{}.{}", B64.encode(payload), B64.encode(tag))
+    }
+
+    /// The payload of a value made by `seal` for the same purpose, if untouched.
+    pub fn open(&self, purpose: &str, value: &str) -> Option<Vec<u8>> {
+        let (payload, tag) = value.split_once('.')?;
+        let payload = B64.decode(payload).ok()?;
+        let tag = B64.decode(tag).ok()?;
+        self.mac(purpose, &payload).verify_slice(&tag).ok()?;
+        Some(payload)
+    }
+}
+
+pub fn key_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("session-key")
+}
+
+/// Creates, finds and ends sessions through the Repository actor.
+pub struct Sessions {
+    pub key: SessionKey,
+    repo: Addr<Repository>,
+    ttl: Duration,
+}
+
+fn id_hash(id: &[u8]) -> String {
+    hex::encode(Sha256::digest(id))
+}
+
+impl Sessions {
+    pub fn new(key: SessionKey, repo: Addr<Repository>, ttl: Duration) -> Self {
+        Self { key, repo, ttl }
+    }
+
+    /// Starts a session for `principal`; returns the cookie to set.
+    pub async fn create(
+        &self,
+        principal: &Principal,
+        req: &HttpRequest,
+    ) -> Result<Cookie<'static>, ApiError> {
+        let mut id = [0u8; 32];
+        rand::rng().fill_bytes(&mut id);
+        let now = crate::domain::time::Timestamp::now().millis();
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let row = session::Model {
+            id_hash: id_hash(&id),
+            subject: principal.subject.clone(),
+            name: principal.name.clone(),
+            email: principal.email.clone(),
+            mode: principal.mode.to_string(),
+            created_at: now,
+            expires_at: now.saturating_add(ttl_ms),
+        };
+        self.repo.send(Write(WriteOp::CreateSession(row))).await??;
+        let value = self.key.seal("session", &id);
+        let max_age =
+            CookieDuration::seconds(i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX));
+        Ok(cookie(SESSION_COOKIE, value, "/", req, Some(max_age)))
+    }
+
+    /// The session a cookie value names: `Ok(None)` when forged, ended or expired.
+    pub async fn find(&self, value: &str) -> Result<Option<Principal>, ApiError> {
+        let Some(id) = self.key.open("session", value) else {
+            return Ok(None);
+        };
+        let row = self
+            .repo
+            .send(GetSession {
+                id_hash: id_hash(&id),
+            })
+            .await??;
+        Ok(row.and_then(|r| {
+            let mode = match r.mode.as_str() {
+                "token" => "token",
+                "oidc" => "oidc",
+                _ => return None,
+            };
+            Some(Principal {
+                subject: r.subject,
+                name: r.name,
+                email: r.email,
+                mode,
+            })
+        }))
+    }
+
+    /// Ends the session a cookie value names (nothing when it names none).
+    pub async fn end(&self, value: &str) -> Result<(), ApiError> {
+        if let Some(id) = self.key.open("session", value) {
+            self.repo
+                .send(Write(WriteOp::EndSession {
+                    id_hash: id_hash(&id),
+                }))
+                .await??;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the request reached us over https (directly or, per `X-Forwarded-Proto` /
+/// `Forwarded`, through a proxy).
+pub fn is_https(req: &HttpRequest) -> bool {
+    req.connection_info().scheme().eq_ignore_ascii_case("https")
+}
+
+/// An HttpOnly, SameSite=Lax cookie, Secure when the request came over https.
+pub fn cookie(
+    name: &'static str,
+    value: String,
+    path: &'static str,
+    req: &HttpRequest,
+    max_age: Option<CookieDuration>,
+) -> Cookie<'static> {
+    let mut c = Cookie::build(name, value)
+        .path(path)
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(is_https(req))
+        .finish();
+    if let Some(max_age) = max_age {
+        c.set_max_age(max_age);
+    }
+    c
+}
+
+/// A cookie that makes the browser forget `name`.
+pub fn removal(name: &'static str, path: &'static str, req: &HttpRequest) -> Cookie<'static> {
+    let mut c = cookie(name, String::new(), path, req, None);
+    c.make_removal();
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_only_untouched_and_for_their_purpose() {
+        let key = SessionKey([7; 32]);
+        let sealed = key.seal("session", b"abc");
+        assert_eq!(key.open("session", &sealed).as_deref(), Some(&b"abc"[..]));
+        assert_eq!(key.open("login", &sealed), None);
+        assert_eq!(SessionKey([8; 32]).open("session", &sealed), None);
+        let (payload, tag) = sealed.split_once('.').unwrap();
+        let other = B64.encode(b"abd");
+        assert_eq!(key.open("session", &format!("{other}.{tag}")), None);
+        assert_eq!(key.open("session", payload), None);
+        assert_eq!(key.open("session", ""), None);
+    }
+
+    #[test]
+    fn configured_key_is_used_and_generated_key_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SessionKey::load("", dir.path()).unwrap();
+        let b = SessionKey::load("", dir.path()).unwrap();
+        assert_eq!(a.0, b.0);
+        let c = SessionKey::load("a configured key of at least 32 chars", dir.path()).unwrap();
+        assert_ne!(a.0, c.0);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(key_file(dir.path()))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}
