@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod live;
 pub mod store;
 
 use actix::{Actor, Addr};
@@ -22,6 +23,7 @@ use store::writes::WriteConfig;
 pub struct Duka {
     pub addr: SocketAddr,
     pub repo: Addr<Repository>,
+    pub live: live::Live,
     /// The token generated at first start (token mode with no `auth.tokens`).
     pub generated_token: Option<String>,
     server: actix_web::dev::Server,
@@ -105,7 +107,23 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         &settings.http.rate_limit,
     ));
 
+    let retention = live::retention(&settings);
+    let cutoff = domain::time::Timestamp::now()
+        .plus_millis(-i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    match store::writes::prune_events(&db, cutoff).await {
+        Ok(n) if n > 0 => tracing::info!(removed = n, "old events pruned"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not prune old events"),
+    }
+    let latest_seq = store::reads::latest_seq(&db)
+        .await
+        .map_err(|e| StartError(format!("cannot read the event log: {e}")))?;
+
     let repo = Repository::new(db, write_config(&settings)).start();
+    // First listener, before anything can write: the hub must see every commit after
+    // `latest_seq`.
+    let live = live::Live::start(&settings, repo.clone(), latest_seq);
+    let live_data = web::Data::new(live.clone());
     let state = web::Data::new(http::AppState {
         repo: repo.clone(),
         region: settings.region(),
@@ -119,9 +137,11 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(live_data.clone())
             .configure(|cfg| http::configure(cfg, authenticator.clone()))
             .wrap(actix_web::middleware::from_fn(http::request_span))
     })
+    .on_connect(live::on_connect)
     .shutdown_timeout(10);
     if settings.http.workers > 0 {
         server = server.workers(settings.http.workers);
@@ -137,6 +157,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     Ok(Duka {
         addr,
         repo,
+        live,
         generated_token,
         server: server.run(),
     })

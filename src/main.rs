@@ -21,6 +21,24 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Print live events from a running server, one line each.
+    Watch {
+        /// Replay the events after this seq first.
+        #[arg(long, value_name = "SEQ")]
+        since: Option<i64>,
+        /// Only these event types, comma separated (e.g. order.created,notification.updated).
+        #[arg(long, value_name = "TYPES")]
+        types: Option<String>,
+        /// The server's base URL (default: from http.bind).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// The API token (default: DUKA_TOKEN, the first auth.tokens, or the generated token).
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+        /// Print each frame as JSON instead of a summary line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_tracing(settings: &Settings) {
@@ -51,6 +69,26 @@ fn main() -> ExitCode {
                 duka::migrate(&settings).await?;
                 println!("duka: migrations applied");
                 Ok(())
+            }
+            Command::Watch {
+                since,
+                types,
+                url,
+                token,
+                json,
+            } => {
+                let (url, token) = duka::live::watch::WatchOptions::resolve(&settings, url, token)
+                    .map_err(duka::StartError)?;
+                let opts = duka::live::watch::WatchOptions {
+                    url,
+                    token,
+                    since,
+                    types,
+                    json,
+                };
+                duka::live::watch::run(opts, &mut std::io::stdout().lock())
+                    .await
+                    .map_err(|e| duka::StartError(e.to_string()))
             }
             Command::Serve => {
                 let app = duka::build(settings).await?;

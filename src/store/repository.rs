@@ -9,6 +9,7 @@ use super::error::StoreError;
 use super::reads::{self, NotificationFilter, OrderFilter, PageRequest};
 use super::views::{CustomerView, NotificationView, OrderView, Page};
 use super::writes::{self, Committed, Pending, WriteConfig, WriteOp, WriteReply};
+use crate::domain::event::Event;
 use crate::domain::time::Timestamp;
 use actix::prelude::*;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
@@ -74,7 +75,9 @@ impl Actor for Repository {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // The mailbox must not push back on HTTP handlers; the pending queue is the buffer.
-        ctx.set_mailbox_capacity(usize::MAX);
+        // (Not usize::MAX: actix subtracts the capacity from its own maximum when an
+        // address is cloned, which overflows.)
+        ctx.set_mailbox_capacity(usize::MAX >> 2);
         ctx.run_interval(Duration::from_secs(600), |act, ctx| {
             let db = act.db.clone();
             ctx.spawn(
@@ -174,3 +177,29 @@ query!(
         Err(_) => Err(StoreError::Unavailable("the database did not answer in time".into())),
     }
 );
+query!(
+    /// The last `seq` ever assigned.
+    LatestSeq {} -> i64,
+    |db, _m| reads::latest_seq(&db).await
+);
+query!(
+    /// A page of the event log for a resuming live client: `after < seq <= upto`.
+    EventsAfter { after: i64, upto: i64, limit: u64 } -> Vec<Event>,
+    |db, m| reads::events_after(&db, m.after, m.upto, m.limit).await
+);
+
+/// Removes events older than `before` (but never the newest); answers how many went.
+#[derive(Message)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct PruneEvents {
+    pub before: Timestamp,
+}
+
+impl Handler<PruneEvents> for Repository {
+    type Result = ResponseFuture<Result<u64, StoreError>>;
+
+    fn handle(&mut self, msg: PruneEvents, _: &mut Self::Context) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { writes::prune_events(&db, msg.before).await })
+    }
+}

@@ -346,3 +346,5 @@ pub async fn assert_problem(r: Response, status: u16, fields: &[&str]) -> Value 
     }
     body
 }
+
+pub mod live;
