@@ -41,14 +41,17 @@ enum Command {
     },
 }
 
-fn init_tracing(settings: &Settings) {
+/// Logs go to stdout, except for `watch`, whose stdout is the events.
+fn init_tracing(settings: &Settings, to_stderr: bool) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match settings.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    match (settings.log.format, to_stderr) {
+        (LogFormat::Json, false) => builder.json().init(),
+        (LogFormat::Text, false) => builder.init(),
+        (LogFormat::Json, true) => builder.json().with_writer(std::io::stderr).init(),
+        (LogFormat::Text, true) => builder.with_writer(std::io::stderr).init(),
     }
 }
 
@@ -61,7 +64,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&settings);
+    init_tracing(
+        &settings,
+        matches!(cli.command, Some(Command::Watch { .. })),
+    );
     let system = actix_web::rt::System::new();
     let result = system.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {

@@ -626,3 +626,70 @@ async fn a_silent_client_is_dropped_and_a_responsive_one_stays() {
         other => panic!("expected a close frame, got {other:?}"),
     }
 }
+
+/// `duka watch` prints one line per event, from `--since`, with the token from the
+/// environment; a bad token stops it with an error instead of retrying forever.
+#[tokio::test]
+async fn duka_watch_prints_one_line_per_event() {
+    use tokio::io::AsyncBufReadExt;
+    let app = spawn_live_app().await;
+    let customer = app.create_customer(json!({})).await;
+    let order = app.create_order(&id(&customer), json!({})).await;
+
+    let config = app.data_dir.path().join("watch.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_duka"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "watch",
+            "--since",
+            "0",
+        ])
+        .args(["--url", &app.url, "--types", "order.created,order.deleted"])
+        .env("DUKA_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("duka watch starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .expect("duka watch is still running")
+    };
+    assert_eq!(next_line().await, "connected (latest seq 2)");
+    let line = next_line().await;
+    assert!(line.contains("order.created"), "{line}");
+    assert!(
+        line.contains(order["order_number"].as_str().unwrap()),
+        "{line}"
+    );
+    app.delete(&format!("/api/v1/orders/{}", id(&order))).await;
+    let line = next_line().await;
+    assert!(
+        line.contains("order.deleted") && line.contains(&id(&order)),
+        "{line}"
+    );
+    assert!(line.trim_start().starts_with('3'), "{line}");
+    child.kill().await.unwrap();
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_duka"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "watch",
+            "--url",
+            &app.url,
+        ])
+        .args(["--token", "wrong-token-123"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+}
