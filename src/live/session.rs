@@ -122,6 +122,10 @@ impl WsSession {
                         return act.close(ctx, CloseCode::Again, "the event log is unavailable");
                     }
                 };
+                // This page is read only because the socket took the previous one: the client is
+                // reading. That is the sign of life to go by while the replay holds the session
+                // (no pings go out and no pongs are read until it ends).
+                act.link.heard();
                 let mut expected = after + 1;
                 for event in &events {
                     if event.seq != expected {
