@@ -154,6 +154,13 @@ pub struct AfricasTalking {
 #[serde(deny_unknown_fields, default)]
 pub struct Live {
     pub retention_days: u32,
+    /// Frames queued for one client and not yet handed to its socket; over this the client
+    /// is closed with 1013.
+    pub max_buffered_frames: usize,
+    /// Recent events kept in memory so that most resumes need no database query.
+    pub recent_events: usize,
+    pub ping_interval_secs: u64,
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,7 +307,13 @@ impl Default for AfricasTalking {
 
 impl Default for Live {
     fn default() -> Self {
-        Self { retention_days: 7 }
+        Self {
+            retention_days: 7,
+            max_buffered_frames: 4096,
+            recent_events: 1024,
+            ping_interval_secs: 15,
+            idle_timeout_secs: 45,
+        }
     }
 }
 
@@ -494,6 +507,18 @@ impl Settings {
         }
         if self.live.retention_days == 0 {
             return Err(key_error("live.retention_days", "must be at least 1"));
+        }
+        if self.live.max_buffered_frames == 0 {
+            return Err(key_error("live.max_buffered_frames", "must be at least 1"));
+        }
+        if self.live.ping_interval_secs == 0 {
+            return Err(key_error("live.ping_interval_secs", "must be at least 1"));
+        }
+        if self.live.idle_timeout_secs <= self.live.ping_interval_secs {
+            return Err(key_error(
+                "live.idle_timeout_secs",
+                "must be longer than live.ping_interval_secs",
+            ));
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod live;
 pub mod sms;
 pub mod store;
 
@@ -27,6 +28,7 @@ pub struct Duka {
     pub repo: Addr<Repository>,
     /// `None` when SMS is disabled.
     pub sms: Option<Addr<sms::SmsDispatcher>>,
+    pub live: live::Live,
     /// The token generated at first start (token mode with no `auth.tokens`).
     pub generated_token: Option<String>,
     server: actix_web::dev::Server,
@@ -126,7 +128,23 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
                 .map_err(|e| StartError(e.to_string()))?,
         )),
     };
+    let retention = live::retention(&settings);
+    let cutoff = domain::time::Timestamp::now()
+        .plus_millis(-i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    match store::writes::prune_events(&db, cutoff).await {
+        Ok(n) if n > 0 => tracing::info!(removed = n, "old events pruned"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not prune old events"),
+    }
+    let latest_seq = store::reads::latest_seq(&db)
+        .await
+        .map_err(|e| StartError(format!("cannot read the event log: {e}")))?;
+
     let repo = Repository::new(db, write_config(&settings)).start();
+    // First listener, before anything can write: the hub must see every commit after
+    // `latest_seq`.
+    let live = live::Live::start(&settings, repo.clone(), latest_seq);
+    let live_data = web::Data::new(live.clone());
     let session_key =
         auth::session::SessionKey::load(&settings.auth.session_key, &settings.data_dir).map_err(
             |e| {
@@ -173,9 +191,11 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         App::new()
             .app_data(state.clone())
             .app_data(webhook.clone())
+            .app_data(live_data.clone())
             .configure(|cfg| http::configure(cfg, authenticator.clone()))
             .wrap(actix_web::middleware::from_fn(http::request_span))
     })
+    .on_connect(live::on_connect)
     .shutdown_timeout(10);
     if settings.http.workers > 0 {
         server = server.workers(settings.http.workers);
@@ -192,6 +212,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         addr,
         repo,
         sms,
+        live,
         generated_token,
         server: server.run(),
         sms_drain: Duration::from_secs(settings.sms.request_timeout_secs + 2),

@@ -21,16 +21,37 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Print live events from a running server, one line each.
+    Watch {
+        /// Replay the events after this seq first.
+        #[arg(long, value_name = "SEQ")]
+        since: Option<i64>,
+        /// Only these event types, comma separated (e.g. order.created,notification.updated).
+        #[arg(long, value_name = "TYPES")]
+        types: Option<String>,
+        /// The server's base URL (default: from http.bind).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// The API token (default: DUKA_TOKEN, the first auth.tokens, or the generated token).
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+        /// Print each frame as JSON instead of a summary line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-fn init_tracing(settings: &Settings) {
+/// Logs go to stdout, except for `watch`, whose stdout is the events.
+fn init_tracing(settings: &Settings, to_stderr: bool) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match settings.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    match (settings.log.format, to_stderr) {
+        (LogFormat::Json, false) => builder.json().init(),
+        (LogFormat::Text, false) => builder.init(),
+        (LogFormat::Json, true) => builder.json().with_writer(std::io::stderr).init(),
+        (LogFormat::Text, true) => builder.with_writer(std::io::stderr).init(),
     }
 }
 
@@ -43,7 +64,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&settings);
+    init_tracing(
+        &settings,
+        matches!(cli.command, Some(Command::Watch { .. })),
+    );
     let system = actix_web::rt::System::new();
     let result = system.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
@@ -51,6 +75,26 @@ fn main() -> ExitCode {
                 duka::migrate(&settings).await?;
                 println!("duka: migrations applied");
                 Ok(())
+            }
+            Command::Watch {
+                since,
+                types,
+                url,
+                token,
+                json,
+            } => {
+                let (url, token) = duka::live::watch::WatchOptions::resolve(&settings, url, token)
+                    .map_err(duka::StartError)?;
+                let opts = duka::live::watch::WatchOptions {
+                    url,
+                    token,
+                    since,
+                    types,
+                    json,
+                };
+                duka::live::watch::run(opts, &mut std::io::stdout().lock())
+                    .await
+                    .map_err(|e| duka::StartError(e.to_string()))
             }
             Command::Serve => {
                 let app = duka::build(settings).await?;

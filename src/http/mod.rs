@@ -52,6 +52,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, auth: web::Data<auth::Authenticat
             web::scope("/api/v1")
                 .configure(customers::routes)
                 .configure(orders::routes)
+                .configure(crate::live::routes)
                 .default_service(web::to(problem::not_found))
                 .wrap(actix_web::middleware::from_fn(auth::require_principal)),
         )

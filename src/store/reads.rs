@@ -1,8 +1,9 @@
 //! Queries: lists are keyset-paginated on the UUID v7 id, newest first.
 
-use super::entities::{customer, notification, order};
+use super::entities::{customer, event, notification, order};
 use super::error::StoreError;
 use super::views::{CustomerView, NotificationView, OrderView, Page};
+use crate::domain::event::{Event, EventType};
 use crate::domain::notification::NotificationStatus;
 use crate::domain::order::OrderStatus;
 use crate::domain::time::Timestamp;
@@ -11,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, Query, SimpleExpr};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Statement,
 };
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
@@ -328,6 +330,51 @@ pub async fn due_notifications(
             phone: n.phone,
         })
         .collect())
+}
+
+/// The last `seq` ever assigned (kept in `event_counter`, so it survives pruning).
+pub async fn latest_seq(db: &impl ConnectionTrait) -> Result<i64, StoreError> {
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            backend,
+            "SELECT last_seq FROM event_counter WHERE id = 1",
+        ))
+        .await?
+        .ok_or_else(|| StoreError::Internal("event_counter row is missing".into()))?;
+    Ok(row.try_get::<i64>("", "last_seq")?)
+}
+
+/// At most `limit` events with `after < seq <= upto`, in `seq` order.
+pub async fn events_after(
+    db: &impl ConnectionTrait,
+    after: i64,
+    upto: i64,
+    limit: u64,
+) -> Result<Vec<Event>, StoreError> {
+    event::Entity::find()
+        .filter(event::Column::Seq.gt(after))
+        .filter(event::Column::Seq.lte(upto))
+        .order_by_asc(event::Column::Seq)
+        .limit(limit)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|row| {
+            let kind = EventType::parse(&row.kind).ok_or_else(|| {
+                StoreError::Internal(format!("event {} has unknown kind {:?}", row.seq, row.kind))
+            })?;
+            let data = serde_json::from_str(&row.data).map_err(|e| {
+                StoreError::Internal(format!("event {} has malformed data: {e}", row.seq))
+            })?;
+            Ok(Event {
+                kind,
+                seq: row.seq,
+                at: Timestamp::from_millis(row.at),
+                data,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

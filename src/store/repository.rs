@@ -9,6 +9,7 @@ use super::error::StoreError;
 use super::reads::{self, NotificationFilter, OrderFilter, PageRequest};
 use super::views::{CustomerView, NotificationView, OrderView, Page};
 use super::writes::{self, Committed, Pending, WriteConfig, WriteOp, WriteReply};
+use crate::domain::event::Event;
 use crate::domain::time::Timestamp;
 use actix::prelude::*;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
@@ -202,3 +203,29 @@ query!(
         Ok(row.filter(|r| r.expires_at > Timestamp::now().millis()))
     }
 );
+query!(
+    /// The last `seq` ever assigned.
+    LatestSeq {} -> i64,
+    |db, _m| reads::latest_seq(&db).await
+);
+query!(
+    /// A page of the event log for a resuming live client: `after < seq <= upto`.
+    EventsAfter { after: i64, upto: i64, limit: u64 } -> Vec<Event>,
+    |db, m| reads::events_after(&db, m.after, m.upto, m.limit).await
+);
+
+/// Removes events older than `before` (but never the newest); answers how many went.
+#[derive(Message)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct PruneEvents {
+    pub before: Timestamp,
+}
+
+impl Handler<PruneEvents> for Repository {
+    type Result = ResponseFuture<Result<u64, StoreError>>;
+
+    fn handle(&mut self, msg: PruneEvents, _: &mut Self::Context) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { writes::prune_events(&db, msg.before).await })
+    }
+}

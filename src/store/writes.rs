@@ -235,6 +235,18 @@ async fn execute(
     Ok((results, ctx.committed))
 }
 
+/// Removes events older than `before`, except the newest one (so the log never looks
+/// empty to a client that resumes). Returns how many were removed.
+pub async fn prune_events(db: &DatabaseConnection, before: Timestamp) -> Result<u64, StoreError> {
+    let newest = reads::latest_seq(db).await?;
+    let removed = event::Entity::delete_many()
+        .filter(event::Column::At.lt(before.millis()))
+        .filter(event::Column::Seq.lt(newest))
+        .exec(db)
+        .await?;
+    Ok(removed.rows_affected)
+}
+
 /// Reads the last assigned `seq` and, on PostgreSQL, locks the counter row until commit so
 /// that several instances assign `seq` in commit order. On SQLite the IMMEDIATE transaction
 /// already holds the database's write lock.

@@ -379,3 +379,5 @@ pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
     row.try_get_by_index::<i64>(0)
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
+
+pub mod live;

@@ -1,0 +1,185 @@
+//! Live events over WebSocket: the Hub actor, one WsSession actor per socket, the
+//! `GET /api/v1/ws` upgrade and the `duka watch` client.
+//!
+//! actix-web-actors (deprecated upstream, chosen for actor-per-socket) is used only in
+//! this module, so that a move to `actix-ws` touches nothing else.
+
+pub mod filter;
+pub mod hub;
+pub mod session;
+pub mod watch;
+
+use crate::config::Settings;
+use crate::http::params::Params;
+use crate::http::problem::ApiError;
+use crate::store::Repository;
+use actix::{Actor, Addr};
+use actix_web::dev::Extensions;
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web_actors::ws;
+use filter::TypeFilter;
+use hub::{Hub, HubConfig, Link, SubscriberCount};
+use session::{SessionConfig, WsSession};
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Counters for operations (and tests); the hub keeps them current.
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    subscribers: AtomicUsize,
+    events_published: AtomicU64,
+    slow_closed: AtomicU64,
+}
+
+impl LiveStats {
+    /// Sessions currently receiving live events.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    pub fn events_published(&self) -> u64 {
+        self.events_published.load(Ordering::Relaxed)
+    }
+
+    /// Clients closed with 1013 because they fell too far behind.
+    pub fn slow_closed(&self) -> u64 {
+        self.slow_closed.load(Ordering::Relaxed)
+    }
+}
+
+/// The running live service, as the rest of the app sees it.
+#[derive(Clone)]
+pub struct Live {
+    pub hub: Addr<Hub>,
+    pub stats: Arc<LiveStats>,
+    repo: Addr<Repository>,
+    session: SessionConfig,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Live {
+    /// Starts the hub and registers it for committed events. Call it before anything else
+    /// can write, with `latest` read from the database, so that no commit falls between.
+    pub fn start(settings: &Settings, repo: Addr<Repository>, latest: i64) -> Self {
+        let live = &settings.live;
+        let ping_interval = Duration::from_secs(live.ping_interval_secs);
+        let idle_timeout = Duration::from_secs(live.idle_timeout_secs);
+        let stats = Arc::new(LiveStats::default());
+        let cfg = HubConfig {
+            max_buffered_frames: live.max_buffered_frames,
+            recent_events: live.recent_events,
+            ping_interval,
+            idle_timeout,
+            retention: retention(settings),
+        };
+        let hub = Hub::new(cfg, repo.clone(), latest, stats.clone()).start();
+        repo.do_send(crate::store::repository::Listen(hub.clone().recipient()));
+        Self {
+            hub,
+            stats,
+            repo,
+            session: SessionConfig {
+                ping_interval,
+                idle_timeout,
+            },
+            next_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// The number of subscribed sessions, as the hub counts them.
+    pub async fn subscriber_count(&self) -> Option<usize> {
+        self.hub.send(SubscriberCount).await.ok()
+    }
+}
+
+/// How long events are kept.
+pub fn retention(settings: &Settings) -> Duration {
+    Duration::from_secs(u64::from(settings.live.retention_days) * 86_400)
+}
+
+/// Routes inside the authenticated `/api/v1` scope.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(crate::http::resource("/ws").route(web::get().to(upgrade)));
+}
+
+/// `GET /api/v1/ws`: checks the query, then upgrades to a WebSocket session.
+async fn upgrade(
+    req: HttpRequest,
+    stream: web::Payload,
+    live: web::Data<Live>,
+) -> Result<HttpResponse, ApiError> {
+    let params = Params::of(&req);
+    let since = params.parse("since", |v| {
+        v.parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| "must be a non-negative integer (the last seq you saw)".to_string())
+    })?;
+    let filter = params
+        .parse("types", TypeFilter::parse)?
+        .unwrap_or(TypeFilter::ALL);
+    ws::handshake(&req).map_err(|e| ApiError::BadRequest {
+        detail: format!("a WebSocket upgrade is required here: {e}"),
+        param: None,
+    })?;
+    let link = Arc::new(Link::new(ConnHandle::of(&req)));
+    let id = live.next_id.fetch_add(1, Ordering::Relaxed);
+    let session = WsSession::new(
+        id,
+        live.hub.clone(),
+        live.repo.clone(),
+        filter,
+        since,
+        link,
+        live.session,
+    );
+    ws::WsResponseBuilder::new(session, &req, stream)
+        .start()
+        .map_err(|e| ApiError::BadRequest {
+            detail: format!("a WebSocket upgrade is required here: {e}"),
+            param: None,
+        })
+}
+
+/// The raw socket of a plain TCP connection, noted when it is accepted.
+#[derive(Debug, Clone, Copy)]
+struct ConnFd(#[cfg(unix)] std::os::fd::RawFd);
+
+/// For `HttpServer::on_connect`: remembers each connection's socket.
+pub fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
+    #[cfg(unix)]
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        use std::os::fd::AsRawFd;
+        ext.insert(ConnFd(tcp.as_raw_fd()));
+    }
+    #[cfg(not(unix))]
+    let _ = (conn, ext);
+}
+
+/// A second handle on a WebSocket's TCP socket, to cut it when its session is stuck.
+pub struct ConnHandle(std::net::TcpStream);
+
+impl ConnHandle {
+    fn of(req: &HttpRequest) -> Option<Self> {
+        #[cfg(unix)]
+        {
+            let fd = req.conn_data::<ConnFd>()?.0;
+            // SAFETY: the request is being served on this connection, so its socket is open
+            // for as long as this handler runs; the clone below owns a descriptor of its own.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let owned = borrowed.try_clone_to_owned().ok()?;
+            Some(Self(std::net::TcpStream::from(owned)))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = req;
+            None
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}

@@ -1,0 +1,250 @@
+//! WsSession: one actor per WebSocket. It says hello, replays what the client missed (from
+//! the hub's memory or from the event log, page by page), then writes live frames from the
+//! hub; it pings the client and drops it when it falls silent.
+//!
+//! The actor runs only when actix-web asks its response stream for more bytes, so a page
+//! of replay is read only once the previous one has been handed to the socket: a slow
+//! reader slows its own replay and nothing else.
+
+use super::filter::TypeFilter;
+use super::hub::{EventFrame, Hub, Link, Start, Subscribe, SubscribeReply, Unsubscribe};
+use crate::store::Repository;
+use crate::store::repository::EventsAfter;
+use actix::prelude::*;
+use actix_web_actors::ws::{self, CloseCode, CloseReason};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Events read from the log per query during a replay.
+const REPLAY_PAGE: u64 = 500;
+
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// A live frame from the hub.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub EventFrame);
+
+/// The client fell too far behind: close with 1013.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Overflow;
+
+/// Leaves the hub's table when the session ends, however it ends (the actor is dropped
+/// even when its connection is cut without a close).
+struct Membership {
+    hub: Addr<Hub>,
+    id: u64,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.do_send(Unsubscribe { id: self.id });
+    }
+}
+
+pub struct WsSession {
+    id: u64,
+    hub: Addr<Hub>,
+    repo: Addr<Repository>,
+    filter: TypeFilter,
+    since: Option<i64>,
+    link: Arc<Link>,
+    cfg: SessionConfig,
+    membership: Option<Membership>,
+}
+
+impl WsSession {
+    pub fn new(
+        id: u64,
+        hub: Addr<Hub>,
+        repo: Addr<Repository>,
+        filter: TypeFilter,
+        since: Option<i64>,
+        link: Arc<Link>,
+        cfg: SessionConfig,
+    ) -> Self {
+        Self {
+            id,
+            hub,
+            repo,
+            filter,
+            since,
+            link,
+            cfg,
+            membership: None,
+        }
+    }
+
+    fn control(kind: &str, seq: i64) -> String {
+        serde_json::json!({ "type": kind, "seq": seq }).to_string()
+    }
+
+    fn begin(&mut self, reply: SubscribeReply, ctx: &mut ws::WebsocketContext<Self>) {
+        ctx.text(Self::control("hello", reply.latest));
+        match reply.start {
+            Start::Live => {}
+            Start::Resync => ctx.text(Self::control("resync", reply.latest)),
+            Start::Recent(frames) => {
+                for frame in frames {
+                    ctx.text(frame.text);
+                }
+            }
+            Start::Log { after, upto } => self.replay(after, upto, ctx),
+        }
+    }
+
+    /// Writes the logged events `after < seq <= upto`, one page at a time. Live frames wait
+    /// in the mailbox meanwhile (`wait` holds it), so they follow the replay in order.
+    fn replay(&mut self, after: i64, upto: i64, ctx: &mut ws::WebsocketContext<Self>) {
+        let query = EventsAfter {
+            after,
+            upto,
+            limit: REPLAY_PAGE,
+        };
+        let page = self
+            .repo
+            .send(query)
+            .into_actor(self)
+            .map(move |result, act, ctx| {
+                let events = match result {
+                    Ok(Ok(events)) => events,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "live replay failed");
+                        return act.close(ctx, CloseCode::Again, "the event log is unavailable");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "live replay failed");
+                        return act.close(ctx, CloseCode::Again, "the event log is unavailable");
+                    }
+                };
+                // This page is read only because the socket took the previous one: the client is
+                // reading. That is the sign of life to go by while the replay holds the session
+                // (no pings go out and no pongs are read until it ends).
+                act.link.heard();
+                let mut expected = after + 1;
+                for event in &events {
+                    if event.seq != expected {
+                        // Pruned under us: the log no longer holds what this client missed.
+                        ctx.text(Self::control("resync", upto));
+                        return;
+                    }
+                    expected += 1;
+                    if !act.filter.matches(event.kind) {
+                        continue;
+                    }
+                    match EventFrame::of(event) {
+                        Ok(frame) => ctx.text(frame.text),
+                        Err(e) => {
+                            tracing::error!(seq = event.seq, error = %e, "event not serialisable")
+                        }
+                    }
+                }
+                let done = expected - 1;
+                if done == upto {
+                    return;
+                }
+                if events.is_empty() {
+                    ctx.text(Self::control("resync", upto));
+                    return;
+                }
+                act.replay(done, upto, ctx);
+            });
+        ctx.wait(page);
+    }
+
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: CloseCode, why: &str) {
+        ctx.close(Some(CloseReason {
+            code,
+            description: Some(why.to_string()),
+        }));
+        ctx.stop();
+    }
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.link.heard();
+        self.membership = Some(Membership {
+            hub: self.hub.clone(),
+            id: self.id,
+        });
+        let subscribe = Subscribe {
+            id: self.id,
+            session: ctx.address(),
+            filter: self.filter,
+            since: self.since,
+            link: self.link.clone(),
+        };
+        ctx.wait(
+            self.hub
+                .send(subscribe)
+                .into_actor(self)
+                .map(|reply, act, ctx| match reply {
+                    Ok(reply) => act.begin(reply, ctx),
+                    Err(_) => act.close(ctx, CloseCode::Restart, "the server is shutting down"),
+                }),
+        );
+        ctx.run_interval(self.cfg.ping_interval, |act, ctx| {
+            if act.link.silent_for() > act.cfg.idle_timeout {
+                tracing::debug!(session = act.id, "live client silent; dropping it");
+                act.close(ctx, CloseCode::Away, "no answer to pings");
+            } else {
+                ctx.ping(b"");
+            }
+        });
+    }
+}
+
+impl Handler<Deliver> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        self.link.taken();
+        ctx.text(msg.0.text);
+    }
+}
+
+impl Handler<Overflow> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Overflow, ctx: &mut Self::Context) {
+        self.close(
+            ctx,
+            CloseCode::Again,
+            "too far behind; reconnect with ?since=<last seq>",
+        );
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::debug!(session = self.id, error = %e, "live client protocol error");
+                return self.close(ctx, CloseCode::Protocol, "protocol error");
+            }
+        };
+        self.link.heard();
+        match msg {
+            ws::Message::Ping(payload) => ctx.pong(&payload),
+            ws::Message::Close(reason) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            // Clients have nothing to say yet; anything they send counts as a sign of life.
+            ws::Message::Pong(_)
+            | ws::Message::Text(_)
+            | ws::Message::Binary(_)
+            | ws::Message::Continuation(_)
+            | ws::Message::Nop => {}
+        }
+    }
+}
