@@ -57,6 +57,8 @@ impl Driver {
 
     /// A new browser with its own profile (so its own cookies).
     async fn browser(&self, profile: &tempfile::TempDir) -> Client {
+        // Two TLS backends are in the test tree (reqwest's and fantoccini's); pick one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let args = [
             "--headless=new".to_string(),
             "--no-sandbox".into(),
