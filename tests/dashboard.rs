@@ -111,13 +111,13 @@ async fn wait_text(browser: &Client, css: &str, what: &str, pred: impl Fn(&str) 
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last = String::new();
     loop {
-        if let Ok(e) = browser.find(Locator::Css(css)).await {
-            if let Ok(text) = e.text().await {
-                if pred(&text) {
-                    return text;
-                }
-                last = text;
+        if let Ok(e) = browser.find(Locator::Css(css)).await
+            && let Ok(text) = e.text().await
+        {
+            if pred(&text) {
+                return text;
             }
+            last = text;
         }
         if Instant::now() > deadline {
             screenshot(browser, &format!("timeout-{}", what.replace(' ', "-"))).await;
