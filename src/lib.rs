@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod store;
 
 use actix::{Actor, Addr};
@@ -113,6 +114,10 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
             .map_err(|e| StartError(format!("orders.default_currency: {e}")))?,
     });
 
+    // Installed before serving so that the first scrape already sees every described metric.
+    metrics::handle();
+    let cors_origins = settings.http.cors_allowed_origins.clone();
+
     let bind = settings
         .bind_addr()
         .map_err(|e| StartError(e.to_string()))?;
@@ -120,6 +125,8 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         App::new()
             .app_data(state.clone())
             .configure(|cfg| http::configure(cfg, authenticator.clone()))
+            .wrap(http::security::cors(&cors_origins))
+            .wrap(actix_web::middleware::from_fn(http::security::headers))
             .wrap(actix_web::middleware::from_fn(http::request_span))
     })
     .shutdown_timeout(10);

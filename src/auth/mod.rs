@@ -17,7 +17,8 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An authenticated caller.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(example = json!({"subject": "token:3f2a9c1e", "name": "API token", "email": null, "mode": "token"}))]
 pub struct Principal {
     /// Stable and unique per caller; keys rate limits and idempotency records.
     pub subject: String,
@@ -189,7 +190,12 @@ impl FromRequest for Principal {
     }
 }
 
-/// `GET /auth/me`: who the credentials belong to.
+/// Who the credentials belong to.
+#[utoipa::path(get, path = "/auth/me", tag = "auth",
+    responses(
+        (status = 200, description = "The caller", body = Principal),
+        (status = 401, description = "No valid credentials", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn me(principal: Principal) -> HttpResponse {
     HttpResponse::Ok().json(principal)
 }

@@ -4,16 +4,22 @@ use super::entities::{customer, notification, order};
 use crate::domain::money::Money;
 use crate::domain::time::Timestamp;
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct CustomerView {
     pub id: Uuid,
     pub name: String,
+    #[schema(example = "CUST-7K3QXZ")]
     pub code: String,
+    /// E.164.
+    #[schema(example = "+254722000001")]
     pub phone: String,
     pub email: Option<String>,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub updated_at: Timestamp,
 }
 
@@ -31,11 +37,14 @@ impl From<customer::Model> for CustomerView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct CustomerSummary {
     pub id: Uuid,
     pub name: String,
+    #[schema(example = "CUST-7K3QXZ")]
     pub code: String,
+    /// E.164.
+    #[schema(example = "+254722000001")]
     pub phone: String,
 }
 
@@ -50,10 +59,12 @@ impl From<&customer::Model> for CustomerSummary {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct NotificationSummary {
     pub id: Uuid,
+    #[schema(value_type = crate::domain::notification::NotificationStatus)]
     pub status: String,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub updated_at: Timestamp,
 }
 
@@ -67,18 +78,26 @@ impl From<&notification::Model> for NotificationSummary {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct OrderView {
     pub id: Uuid,
+    #[schema(example = "ORD-20261121-7K3QX")]
     pub order_number: String,
     pub customer: CustomerSummary,
     pub item: String,
     pub quantity: i32,
+    /// The order's total, exactly 2 decimals.
+    #[schema(example = "1200.00", pattern = "^[0-9]+\\.[0-9]{2}$")]
     pub amount: String,
+    /// ISO 4217.
+    #[schema(example = "KES")]
     pub currency: String,
+    #[schema(value_type = crate::domain::order::OrderStatus)]
     pub status: String,
     pub notification: Option<NotificationSummary>,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub updated_at: Timestamp,
 }
 
@@ -112,20 +131,25 @@ fn format_minor(minor: i64) -> String {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct NotificationView {
     pub id: Uuid,
     pub order_id: Uuid,
     pub customer_id: Uuid,
+    /// E.164.
+    #[schema(example = "+254722000001")]
     pub phone: String,
     pub message: String,
+    #[schema(value_type = crate::domain::notification::NotificationStatus)]
     pub status: String,
     pub attempts: i32,
     pub provider: Option<String>,
     pub provider_message_id: Option<String>,
     pub cost: Option<String>,
     pub error: Option<String>,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub updated_at: Timestamp,
 }
 
@@ -150,7 +174,7 @@ impl From<notification::Model> for NotificationView {
 }
 
 /// One page of a keyset-paginated list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
