@@ -16,6 +16,8 @@ pub struct CustomerView {
     /// E.164.
     #[schema(example = "+254722000001")]
     pub phone: String,
+    /// Always present; `null` when absent.
+    #[schema(required = true)]
     pub email: Option<String>,
     #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub created_at: Timestamp,
@@ -94,6 +96,8 @@ pub struct OrderView {
     pub currency: String,
     #[schema(value_type = crate::domain::order::OrderStatus)]
     pub status: String,
+    /// Always present; `null` when absent.
+    #[schema(required = true)]
     pub notification: Option<NotificationSummary>,
     #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub created_at: Timestamp,
@@ -143,9 +147,17 @@ pub struct NotificationView {
     #[schema(value_type = crate::domain::notification::NotificationStatus)]
     pub status: String,
     pub attempts: i32,
+    /// Always present; `null` when absent.
+    #[schema(required = true)]
     pub provider: Option<String>,
+    /// Always present; `null` when absent.
+    #[schema(required = true)]
     pub provider_message_id: Option<String>,
+    /// Always present; `null` when absent.
+    #[schema(required = true)]
     pub cost: Option<String>,
+    /// Always present; `null` when absent.
+    #[schema(required = true)]
     pub error: Option<String>,
     #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub created_at: Timestamp,
@@ -177,5 +189,7 @@ impl From<notification::Model> for NotificationView {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// Always present; `null` when absent.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
