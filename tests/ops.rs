@@ -119,6 +119,24 @@ async fn openapi_is_3_1_and_documents_exactly_the_registered_routes() {
     );
     assert!(create["requestBody"]["content"]["application/json"].is_object());
     assert_eq!(doc["paths"]["/healthz"]["get"]["security"], json!([{}]));
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = &op["responses"];
+            if path.starts_with("/api/v1/") && path != "/api/v1/openapi.json" {
+                for status in ["401", "429", "503"] {
+                    assert!(responses[status].is_object(), "{method} {path} {status}");
+                }
+            } else if !path.starts_with("/auth/") {
+                // Operations routes need no credentials and are not rate limited.
+                assert!(
+                    responses["401"].is_null() && responses["429"].is_null(),
+                    "{path}"
+                );
+            }
+        }
+    }
+    let required = schemas["OrderView"]["required"].as_array().unwrap();
+    assert!(required.contains(&json!("notification")), "{required:?}");
 }
 
 /// The `src`/`href` of every script, link, img and iframe tag.
