@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `Debug` redacts secrets (see `redacted`), so settings may be logged.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Where generated secrets (the API token, the session key) are kept.
@@ -30,6 +31,8 @@ pub struct Http {
     /// Worker threads; 0 means one per CPU core.
     pub workers: usize,
     pub rate_limit: RateLimit,
+    /// Origins (`https://shop.example`) whose pages may call the API cross-origin.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +202,7 @@ impl Default for Http {
             bind: "127.0.0.1:8080".into(),
             workers: 0,
             rate_limit: RateLimit::default(),
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -326,6 +330,50 @@ impl Default for Log {
     }
 }
 
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_value(self) {
+            Ok(mut value) => {
+                redact(None, &mut value);
+                write!(f, "Settings {value}")
+            }
+            Err(_) => f.write_str("Settings { .. }"),
+        }
+    }
+}
+
+/// Words that mark a key as holding a secret (`auth.tokens`, `sms.africastalking.api_key`,
+/// `webhook_secret`, and whatever secret keys come later: `client_secret`, `session_key`...).
+const SECRET_WORDS: [&str; 4] = ["token", "secret", "key", "password"];
+
+fn redact(key: Option<&str>, value: &mut serde_json::Value) {
+    use serde_json::Value;
+    let secret = key.is_some_and(|k| SECRET_WORDS.iter().any(|w| k.contains(w)));
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                redact(Some(k), v);
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                redact(key, v);
+            }
+        }
+        Value::String(s) if secret && !s.is_empty() => *s = "[redacted]".into(),
+        Value::String(s) => {
+            // A password inside a URL (database.url = postgres://user:pass@host/db).
+            if let Ok(mut url) = url::Url::parse(s)
+                && url.password().is_some()
+                && url.set_password(Some("redacted")).is_ok()
+            {
+                *s = url.to_string();
+            }
+        }
+        _ => {}
+    }
+}
+
 /// A configuration problem, named by its key, e.g. `http.bind: invalid address "x"`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -413,6 +461,20 @@ impl Settings {
                 "http.rate_limit",
                 "per_second and burst must be at least 1 (or set enabled = false)",
             ));
+        }
+        for (i, origin) in self.http.cors_allowed_origins.iter().enumerate() {
+            let parsed = url::Url::parse(origin).ok();
+            let is_origin = parsed.as_ref().is_some_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.origin().ascii_serialization() == *origin
+            });
+            if !is_origin {
+                return Err(key_error(
+                    &format!("http.cors_allowed_origins[{i}]"),
+                    format!("{origin:?} is not an origin such as https://shop.example"),
+                ));
+            }
         }
         for (i, token) in self.auth.tokens.iter().enumerate() {
             if token.len() < 8 || token.bytes().any(|b| !b.is_ascii_graphic()) {
@@ -624,6 +686,24 @@ mod tests {
     fn the_documented_config_toml_is_exactly_the_defaults() {
         let text = include_str!("../config.toml");
         assert_eq!(from_toml(text).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut s = Settings::default();
+        s.auth.tokens = vec!["tok-visible-nowhere".into()];
+        s.sms.africastalking.api_key = "atsk_visible_nowhere".into();
+        s.sms.africastalking.webhook_secret = "hook-visible-nowhere".into();
+        s.database.url = "postgres://duka:pw-visible-nowhere@db.example/duka".into();
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("visible-nowhere") && !shown.contains("visible_nowhere"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("db.example") && shown.contains("[redacted]"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod live;
+pub mod metrics;
 pub mod sms;
 pub mod store;
 
@@ -184,6 +185,10 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
             .map_err(|e| StartError(format!("orders.default_currency: {e}")))?,
     });
 
+    // Installed before serving so that the first scrape already sees every described metric.
+    metrics::handle();
+    let cors_origins = settings.http.cors_allowed_origins.clone();
+
     let bind = settings
         .bind_addr()
         .map_err(|e| StartError(e.to_string()))?;
@@ -193,6 +198,8 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
             .app_data(webhook.clone())
             .app_data(live_data.clone())
             .configure(|cfg| http::configure(cfg, authenticator.clone()))
+            .wrap(http::security::cors(&cors_origins))
+            .wrap(actix_web::middleware::from_fn(http::security::headers))
             .wrap(actix_web::middleware::from_fn(http::request_span))
     })
     .on_connect(live::on_connect)

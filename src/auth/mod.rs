@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An authenticated caller.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(example = json!({"subject": "token:3f2a9c1e5b7d", "name": "API token 1", "email": null, "mode": "token"}))]
 pub struct Principal {
     /// Stable and unique per caller; keys rate limits and idempotency records.
     pub subject: String,

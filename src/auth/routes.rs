@@ -3,8 +3,8 @@
 use super::session::{self, SESSION_COOKIE};
 use super::{AuthFailure, Authenticator, ByCookie, Principal, oidc, same_origin};
 use crate::http::body::{Form, JsonObject, text};
+use crate::http::openapi::{PROBLEM_JSON, Problem, Routes};
 use crate::http::problem::ApiError;
-use crate::http::resource;
 use actix_web::cookie::time::Duration as CookieDuration;
 use actix_web::http::header;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
@@ -13,21 +13,45 @@ use serde::Deserialize;
 const LOGIN_COOKIE: &str = "duka_login";
 const LOGIN_PATH: &str = "/auth/callback";
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/me").route(web::get().to(me)))
-        .service(resource("/config").route(web::get().to(config)))
-        .service(resource("/session").route(web::post().to(create_session)))
-        .service(resource("/logout").route(web::post().to(logout)))
-        .service(resource("/login").route(web::get().to(login)))
-        .service(resource("/callback").route(web::get().to(callback)));
+pub fn routes(auth: &mut Routes) {
+    auth.add(__path_me, me)
+        .add(__path_config, config)
+        .add(__path_create_session, create_session)
+        .add(__path_logout, logout)
+        .add(__path_login, login)
+        .add(__path_callback, callback);
 }
 
-/// `GET /auth/config`: how to sign in, for the dashboard (no credentials needed).
+/// How to sign in.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SignInConfig {
+    /// `token` or `oidc`.
+    mode: &'static str,
+}
+
+/// The token a browser trades for a session cookie.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SessionBody {
+    /// An API token (token mode) or an ID/access token from the issuer (OIDC mode).
+    token: String,
+}
+
+/// How to sign in, for the dashboard (no credentials needed).
+#[utoipa::path(get, path = "/auth/config", tag = "auth", security(()),
+    responses((status = 200, description = "The sign-in mode", body = SignInConfig)))]
 async fn config(auth: web::Data<Authenticator>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "mode": auth.mode_name() }))
+    HttpResponse::Ok().json(SignInConfig {
+        mode: auth.mode_name(),
+    })
 }
 
-/// `GET /auth/me`: who the credentials belong to.
+/// Who the credentials belong to.
+#[utoipa::path(get, path = "/auth/me", tag = "auth",
+    responses(
+        (status = 200, description = "The caller", body = Principal),
+        (status = 401, description = "No valid credentials", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 async fn me(principal: Principal) -> HttpResponse {
     HttpResponse::Ok().json(principal)
 }
@@ -35,6 +59,17 @@ async fn me(principal: Principal) -> HttpResponse {
 /// `POST /auth/session {"token"}`: trades a bearer credential (an API token, or in OIDC
 /// mode an ID token / access token the page got from the issuer) for a session cookie, so
 /// the page need not keep the token where scripts can read it.
+#[utoipa::path(post, path = "/auth/session", tag = "auth", security(()),
+    request_body = SessionBody,
+    responses(
+        (status = 204, description = "Signed in: the session cookie is set"),
+        (status = 400, description = "Malformed body", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "The token is not valid", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "Not allowed to sign in, or a cross-origin request", body = Problem, content_type = PROBLEM_JSON),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "No token", body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, description = "Too many failed attempts", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 async fn create_session(
     auth: web::Data<Authenticator>,
     req: HttpRequest,
@@ -81,6 +116,11 @@ async fn create_session(
 
 /// `POST /auth/logout`: ends the session on the server (the cookie's id is deleted, so a
 /// copy of it no longer works) and tells the browser to forget it.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(()),
+    responses(
+        (status = 204, description = "Signed out: the session no longer works anywhere"),
+        (status = 403, description = "A cross-origin request", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 async fn logout(
     auth: web::Data<Authenticator>,
     req: HttpRequest,
@@ -99,8 +139,9 @@ async fn logout(
         .finish())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 struct LoginQuery {
+    /// Where to go after signing in (a path on this site; anything else means `/`).
     next: Option<String>,
 }
 
@@ -115,6 +156,11 @@ fn oidc_of(auth: &Authenticator) -> Result<&oidc::OidcAuth, ApiError> {
 }
 
 /// `GET /auth/login?next=/path`: sends the browser to the issuer.
+#[utoipa::path(get, path = "/auth/login", tag = "auth", security(()), params(LoginQuery),
+    responses(
+        (status = 302, description = "To the issuer's sign-in page"),
+        (status = 404, description = "Browser sign-in is not available (token mode)", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 async fn login(
     auth: web::Data<Authenticator>,
     req: HttpRequest,
@@ -139,7 +185,7 @@ async fn login(
         .finish())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
@@ -147,6 +193,13 @@ struct CallbackQuery {
 }
 
 /// `GET /auth/callback?code&state`: finishes the sign-in, starts a session, goes to `next`.
+#[utoipa::path(get, path = "/auth/callback", tag = "auth", security(()), params(CallbackQuery),
+    responses(
+        (status = 302, description = "Signed in: on to `next`"),
+        (status = 400, description = "A callback that does not belong to a sign-in in progress", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "Not allowed to sign in", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "Browser sign-in is not available (token mode)", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 async fn callback(
     auth: web::Data<Authenticator>,
     req: HttpRequest,

@@ -8,7 +8,7 @@ use uuid::Uuid;
 pub const ITEM_MAX: usize = 200;
 pub const QUANTITY_MAX: i64 = 1_000_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
     Pending,

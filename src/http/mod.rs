@@ -4,9 +4,11 @@ pub mod assets;
 pub mod body;
 pub mod customers;
 pub mod health;
+pub mod openapi;
 pub mod orders;
 pub mod params;
 pub mod problem;
+pub mod security;
 pub mod webhooks;
 
 use crate::auth::{self, Principal};
@@ -23,6 +25,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use body::JsonObject;
+use openapi::Routes;
 use problem::ApiError;
 use serde::Serialize;
 use std::time::Instant;
@@ -37,28 +40,88 @@ pub struct AppState {
 
 /// Every route, for the app factory.
 pub fn configure(cfg: &mut web::ServiceConfig, auth: web::Data<auth::Authenticator>) {
-    cfg.service(web::resource("/healthz").route(web::get().to(health::healthz)))
-        .service(web::resource("/readyz").route(web::get().to(health::readyz)))
+    let routes = api_routes();
+    // Before the /api/v1 scope: openapi.json (and webhooks) must not require a principal.
+    routes.public.register(cfg);
+    cfg.service(web::resource(openapi::DOCS).route(web::get().to(openapi::docs_redirect)))
+        .service(openapi::docs())
         .service(
             web::scope("/auth")
-                .configure(auth::routes::routes)
+                .configure(|c| routes.auth.register(c))
                 .default_service(web::to(problem::not_found))
                 .wrap(actix_web::middleware::from_fn(auth::authenticate_optional)),
         )
-        // Provider callbacks carry their own secret; registered before the /api/v1 scope
-        // so that user authentication does not apply to them.
-        .service(web::scope("/api/v1/webhooks").configure(webhooks::routes))
         .service(
             web::scope("/api/v1")
-                .configure(customers::routes)
-                .configure(orders::routes)
-                .configure(crate::live::routes)
+                .configure(|c| routes.api.register(c))
                 .default_service(web::to(problem::not_found))
                 .wrap(actix_web::middleware::from_fn(auth::require_principal)),
         )
         .app_data(auth)
         .configure(assets::routes)
         .default_service(web::to(problem::not_found));
+}
+
+/// Answers the /api/v1 middleware (and the JSON body reader) may give to any operation.
+const API_ERRORS: &[(u16, &str)] = &[
+    (
+        400,
+        "Malformed request: a bad query parameter, header or JSON body",
+    ),
+    (401, "Missing or invalid credentials"),
+    (429, "Rate limited: retry after `Retry-After` seconds"),
+    (
+        503,
+        "The database is unavailable: retry after `Retry-After` seconds",
+    ),
+];
+
+/// Every documented route, by the scope that serves it. A route is added here (through
+/// `Routes::add`, with its `#[utoipa::path]`) or it is neither served nor documented.
+pub struct ApiRoutes {
+    /// At the root, no authentication: health, metrics, the OpenAPI document, webhooks.
+    pub public: Routes,
+    /// Under /auth: a principal is attached when the request carries one.
+    pub auth: Routes,
+    /// Under /api/v1: a principal is required (401), and rate limited (429).
+    pub api: Routes,
+}
+
+impl ApiRoutes {
+    pub fn groups(&self) -> [&Routes; 3] {
+        [&self.public, &self.auth, &self.api]
+    }
+
+    /// Every (method, full path) the app serves through these groups.
+    pub fn operations(&self) -> Vec<(actix_web::http::Method, String)> {
+        self.groups().iter().flat_map(|g| g.operations()).collect()
+    }
+}
+
+pub fn api_routes() -> ApiRoutes {
+    let mut public = Routes::new("", &[]);
+    public
+        .add(health::__path_healthz, health::healthz)
+        .add(health::__path_readyz, health::readyz)
+        .add(health::__path_metrics, health::metrics)
+        .add(openapi::__path_openapi_json, openapi::openapi_json)
+        // Provider callbacks carry their own secret: served before the /api/v1 scope so
+        // that user authentication does not apply to them.
+        .add(
+            webhooks::__path_africastalking_delivery,
+            webhooks::africastalking_delivery,
+        );
+    let mut auth_routes = Routes::new("/auth", &[]);
+    auth::routes::routes(&mut auth_routes);
+    let mut api = Routes::new("/api/v1", API_ERRORS);
+    customers::routes(&mut api);
+    orders::routes(&mut api);
+    crate::live::routes(&mut api);
+    ApiRoutes {
+        public,
+        auth: auth_routes,
+        api,
+    }
 }
 
 /// A resource whose unsupported methods answer 405 as problem+json.
@@ -177,7 +240,14 @@ pub async fn request_span(
         .request()
         .match_pattern()
         .unwrap_or_else(|| "unmatched".into());
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let latency = started.elapsed();
+    crate::metrics::http_request(
+        response.request().method().as_str(),
+        &route,
+        status,
+        latency,
+    );
+    let latency_ms = latency.as_secs_f64() * 1000.0;
     span.in_scope(|| tracing::info!(%route, status, latency_ms, "request finished"));
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(X_REQUEST_ID, value);

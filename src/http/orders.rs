@@ -1,46 +1,144 @@
 //! /api/v1/orders and an order's notifications
 
 use super::body::{Form, JsonObject, amount, integer, text};
+use super::openapi::{PROBLEM_JSON, Problem, Routes};
+use super::params::PageQuery;
 use super::params::{Params, path_id};
 use super::problem::ApiError;
 use super::{AppState, created, idempotency_key, ok, write};
 use crate::auth::Principal;
 use crate::domain::customer::{CustomerCode, bounded_text};
 use crate::domain::money::Currency;
+use crate::domain::notification::NotificationStatus;
 use crate::domain::order::{
     CustomerRef, ITEM_MAX, NewOrder, OrderPatch, OrderStatus, parse_quantity,
 };
 use crate::domain::time::DateBound;
 use crate::store::reads::{NotificationFilter, OrderFilter};
 use crate::store::repository::{GetOrder, ListNotifications, ListOrders};
+use crate::store::views::{NotificationView, OrderView, Page};
 use crate::store::writes::WriteOp;
 use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        super::resource("/orders")
-            .route(web::get().to(list))
-            .route(web::post().to(create)),
-    )
-    .service(
-        super::resource("/orders/{id}")
-            .route(web::get().to(get))
-            .route(web::patch().to(update))
-            .route(web::delete().to(delete)),
-    )
-    .service(
-        super::resource("/orders/{id}/notifications")
-            .route(web::get().to(notifications))
-            .route(web::post().to(resend)),
-    )
-    .service(super::resource("/notifications").route(web::get().to(all_notifications)));
+pub fn routes(api: &mut Routes) {
+    api.add(__path_list, list)
+        .add(__path_create, create)
+        .add(__path_get, get)
+        .add(__path_update, update)
+        .add(__path_delete, delete)
+        .add(__path_notifications, notifications)
+        .add(__path_resend, resend)
+        .add(__path_all_notifications, all_notifications);
+}
+
+/// Money in: a JSON number or a decimal string, at most 2 decimals, over 0 and at most
+/// 999999999.99, no exponent.
+fn amount_schema() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    let one_of = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .exclusive_minimum(Some(0))
+                .maximum(Some(999_999_999.99))
+                .multiple_of(Some(0.01)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[0-9]{1,9}(\.[0-9]{1,2})?$")),
+        )
+        .examples([serde_json::json!("1200.00")])
+        .build();
+    utoipa::openapi::Schema::OneOf(one_of)
+}
+
+/// The body of `POST /api/v1/orders`, as `create` reads it field by field (unknown fields
+/// are refused). Exactly one of `customer_id` and `customer_code`. Only describes the body
+/// for the OpenAPI document.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"customer_code": "AMINA-01", "item": "Laptop", "amount": "1200.00", "quantity": 1, "currency": "KES"}))]
+pub struct NewOrderBody {
+    #[schema(nullable = false)]
+    customer_id: Option<Uuid>,
+    #[schema(nullable = false, pattern = "^[A-Za-z0-9][A-Za-z0-9_-]{1,31}$")]
+    customer_code: Option<String>,
+    /// 1..200 characters.
+    #[schema(min_length = 1, max_length = 200, example = "Laptop")]
+    item: String,
+    /// The order's total (not a unit price).
+    #[schema(schema_with = amount_schema)]
+    amount: String,
+    /// Default 1.
+    #[schema(nullable = false, minimum = 1, maximum = 1000000)]
+    quantity: Option<i64>,
+    /// ISO 4217; default from `orders.default_currency`.
+    #[schema(nullable = false, pattern = "^[A-Za-z]{3}$", example = "KES")]
+    currency: Option<String>,
+}
+
+/// The body of `PATCH /api/v1/orders/{id}`: only the given fields change; `null` is refused.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"status": "confirmed"}))]
+pub struct OrderPatchBody {
+    #[schema(nullable = false, min_length = 1, max_length = 200)]
+    item: Option<String>,
+    #[schema(nullable = false, minimum = 1, maximum = 1000000)]
+    quantity: Option<i64>,
+    #[schema(schema_with = amount_schema)]
+    amount: Option<String>,
+    /// pending -> confirmed -> shipped -> delivered; cancelled before delivered (else 409).
+    #[schema(nullable = false)]
+    status: Option<OrderStatus>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct OrderQuery {
+    customer_id: Option<Uuid>,
+    status: Option<OrderStatus>,
+    /// Case-insensitive substring of item, order number, customer name or code.
+    #[param(min_length = 1)]
+    q: Option<String>,
+    /// Inclusive: `YYYY-MM-DD` (UTC day) or an RFC 3339 instant.
+    #[param(min_length = 1, example = "2026-11-01")]
+    start_date: Option<String>,
+    /// Inclusive: `YYYY-MM-DD` (UTC day) or an RFC 3339 instant.
+    #[param(min_length = 1, example = "2026-11-30")]
+    end_date: Option<String>,
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    #[param(min_length = 1)]
+    cursor: Option<String>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct NotificationQuery {
+    status: Option<NotificationStatus>,
+    order_id: Option<Uuid>,
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    #[param(min_length = 1)]
+    cursor: Option<String>,
 }
 
 fn item(s: &str) -> Result<String, String> {
     bounded_text(s, ITEM_MAX)
 }
 
+/// Orders, newest first, filtered.
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", params(OrderQuery),
+    responses((status = 200, description = "A page of orders", body = Page<OrderView>)))]
 async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::of(&req);
     let start = params.parse("start_date", DateBound::parse)?;
@@ -65,6 +163,17 @@ async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRespon
     ok(state.repo.send(ListOrders { filter, page }).await??)
 }
 
+/// Creates an order, queues its SMS and publishes `order.created`, all or nothing.
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for a repeated request (1..255 visible ASCII)")),
+    request_body = NewOrderBody,
+    responses(
+        (status = 201, description = "Created (`Location` names it)", body = OrderView),
+        (status = 409, description = "The idempotency key was used with another body", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = PROBLEM_JSON),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Invalid fields, each named in `errors`", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 async fn create(
     state: web::Data<AppState>,
     principal: Principal,
@@ -118,11 +227,28 @@ async fn create(
     )
 }
 
+/// One order.
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", params(("id" = String, Path, description = "Order id (UUID)")),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 404, description = "No such order", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id, "order")?;
     ok(state.repo.send(GetOrder { id }).await??)
 }
 
+/// Changes the given fields of an order; `status` follows the transition rules.
+#[utoipa::path(patch, path = "/api/v1/orders/{id}", tag = "orders", params(("id" = String, Path, description = "Order id (UUID)")),
+    request_body = OrderPatchBody,
+    responses(
+        (status = 200, description = "The changed order", body = OrderView),
+        (status = 404, description = "No such order", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "A status change the rules forbid", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = PROBLEM_JSON),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Invalid fields, each named in `errors`", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 async fn update(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -140,6 +266,12 @@ async fn update(
     super::reply(write(&state, WriteOp::UpdateOrder { id, patch }).await?)
 }
 
+/// Deletes an order.
+#[utoipa::path(delete, path = "/api/v1/orders/{id}", tag = "orders", params(("id" = String, Path, description = "Order id (UUID)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such order", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 async fn delete(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -148,6 +280,12 @@ async fn delete(
     super::reply(write(&state, WriteOp::DeleteOrder { id }).await?)
 }
 
+/// An order's SMS notifications, newest first.
+#[utoipa::path(get, path = "/api/v1/orders/{id}/notifications", tag = "orders", params(("id" = String, Path, description = "Order id (UUID)"), PageQuery),
+    responses(
+        (status = 200, description = "A page of the order's notifications", body = Page<NotificationView>),
+        (status = 404, description = "No such order", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 async fn notifications(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -166,6 +304,13 @@ async fn notifications(
         .await??)
 }
 
+/// Queues a fresh SMS for an order.
+#[utoipa::path(post, path = "/api/v1/orders/{id}/notifications", tag = "orders", params(("id" = String, Path, description = "Order id (UUID)")),
+    responses(
+        (status = 202, description = "Queued", body = NotificationView),
+        (status = 404, description = "No such order", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "SMS notifications are disabled", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 async fn resend(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -175,6 +320,9 @@ async fn resend(
     super::reply_with(actix_web::http::StatusCode::ACCEPTED, reply)
 }
 
+/// SMS notifications, newest first, filtered.
+#[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications", params(NotificationQuery),
+    responses((status = 200, description = "A page of notifications", body = Page<NotificationView>)))]
 async fn all_notifications(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -182,10 +330,7 @@ async fn all_notifications(
     let params = Params::of(&req);
     let filter = NotificationFilter {
         order_id: params.uuid("order_id")?,
-        status: params.parse(
-            "status",
-            crate::domain::notification::NotificationStatus::parse,
-        )?,
+        status: params.parse("status", NotificationStatus::parse)?,
     };
     let page = params.page()?;
     ok(state

@@ -38,10 +38,23 @@ impl DeliveryWebhook {
     }
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        super::resource("/africastalking/delivery").route(web::post().to(africastalking_delivery)),
-    );
+/// A delivery report as Africa's Talking posts it (form-urlencoded); documentation only,
+/// the handler reads the form field by field.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct DeliveryReportForm {
+    /// The provider's message id (`messageId` of the send).
+    id: String,
+    /// Success, Failed, Rejected, AbsentSubscriber, Expired, Sent, Submitted or Buffered.
+    status: String,
+    #[schema(rename = "phoneNumber")]
+    phone_number: Option<String>,
+    #[schema(rename = "networkCode")]
+    network_code: Option<String>,
+    #[schema(rename = "failureReason")]
+    failure_reason: Option<String>,
+    #[schema(rename = "retryCount")]
+    retry_count: Option<String>,
 }
 
 /// What a delivery report's `status` means for the message.
@@ -67,7 +80,18 @@ fn report(status: &str, failure_reason: Option<&str>) -> Option<Report> {
     })
 }
 
-async fn africastalking_delivery(
+/// Africa's Talking delivery-report callback (not behind user authentication).
+#[utoipa::path(post, path = "/api/v1/webhooks/africastalking/delivery", tag = "sms",
+    security(()),
+    params(("secret" = String, Query, description = "The shared secret `sms.africastalking.webhook_secret`")),
+    request_body(content = DeliveryReportForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Report applied, or ignored (unknown message id or status)"),
+        (status = 401, description = "Wrong or missing secret", body = super::openapi::Problem, content_type = super::openapi::PROBLEM_JSON),
+        (status = 422, description = "A report without `id` or `status`", body = super::openapi::Problem, content_type = super::openapi::PROBLEM_JSON),
+        (status = 503, description = "The database is unavailable", body = super::openapi::Problem, content_type = super::openapi::PROBLEM_JSON),
+    ))]
+pub async fn africastalking_delivery(
     state: web::Data<AppState>,
     webhook: web::Data<DeliveryWebhook>,
     req: HttpRequest,

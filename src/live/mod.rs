@@ -100,12 +100,22 @@ pub fn retention(settings: &Settings) -> Duration {
 }
 
 /// Routes inside the authenticated `/api/v1` scope.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(crate::http::resource("/ws").route(web::get().to(upgrade)));
+pub fn routes(api: &mut crate::http::openapi::Routes) {
+    api.add(__path_upgrade, upgrade);
 }
 
 /// `GET /api/v1/ws`: checks the query, then upgrades to a WebSocket session.
-async fn upgrade(
+#[utoipa::path(get, path = "/api/v1/ws", tag = "live",
+    params(
+        ("since" = Option<i64>, Query, description = "Replay every event with `seq` greater than this, then continue live"),
+        ("types" = Option<String>, Query, description = "Comma-separated event types to receive, e.g. `order.created,notification.updated`"),
+        ("access_token" = Option<String>, Query, description = "The bearer credential, for clients that cannot set headers"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol: `hello`, then event frames `{type, seq, at, data}`"),
+        (status = 400, description = "A bad `since` or `types`, or not a WebSocket upgrade", body = crate::http::openapi::Problem, content_type = crate::http::openapi::PROBLEM_JSON),
+    ))]
+pub async fn upgrade(
     req: HttpRequest,
     stream: web::Payload,
     live: web::Data<Live>,

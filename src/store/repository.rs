@@ -64,6 +64,7 @@ impl Repository {
                     if let Some(committed) = committed
                         && (!committed.events.is_empty() || !committed.queued.is_empty())
                     {
+                        count_published(&committed);
                         for listener in &act.listeners {
                             listener.do_send(committed.clone());
                         }
@@ -71,6 +72,19 @@ impl Repository {
                     act.flush(ctx);
                 }),
         );
+    }
+}
+
+fn count_published(committed: &Committed) {
+    use crate::domain::event::EventType;
+    for kind in EventType::ALL {
+        let n = committed.events.iter().filter(|e| e.kind == kind).count() as u64;
+        if n > 0 {
+            crate::metrics::events_published(kind.as_str(), n);
+            if kind == EventType::OrderCreated {
+                crate::metrics::orders_created(n);
+            }
+        }
     }
 }
 

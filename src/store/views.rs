@@ -4,16 +4,24 @@ use super::entities::{customer, notification, order};
 use crate::domain::money::Money;
 use crate::domain::time::Timestamp;
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct CustomerView {
     pub id: Uuid,
     pub name: String,
+    #[schema(example = "CUST-7K3QXZ")]
     pub code: String,
+    /// E.164.
+    #[schema(example = "+254722000001")]
     pub phone: String,
+    /// Always present; `null` when absent.
+    #[schema(required = true)]
     pub email: Option<String>,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub updated_at: Timestamp,
 }
 
@@ -31,11 +39,14 @@ impl From<customer::Model> for CustomerView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct CustomerSummary {
     pub id: Uuid,
     pub name: String,
+    #[schema(example = "CUST-7K3QXZ")]
     pub code: String,
+    /// E.164.
+    #[schema(example = "+254722000001")]
     pub phone: String,
 }
 
@@ -50,10 +61,12 @@ impl From<&customer::Model> for CustomerSummary {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct NotificationSummary {
     pub id: Uuid,
+    #[schema(value_type = crate::domain::notification::NotificationStatus)]
     pub status: String,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub updated_at: Timestamp,
 }
 
@@ -67,18 +80,28 @@ impl From<&notification::Model> for NotificationSummary {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct OrderView {
     pub id: Uuid,
+    #[schema(example = "ORD-20261121-7K3QX")]
     pub order_number: String,
     pub customer: CustomerSummary,
     pub item: String,
     pub quantity: i32,
+    /// The order's total, exactly 2 decimals.
+    #[schema(example = "1200.00", pattern = "^[0-9]+\\.[0-9]{2}$")]
     pub amount: String,
+    /// ISO 4217.
+    #[schema(example = "KES")]
     pub currency: String,
+    #[schema(value_type = crate::domain::order::OrderStatus)]
     pub status: String,
+    /// Always present; `null` when absent.
+    #[schema(required = true)]
     pub notification: Option<NotificationSummary>,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub updated_at: Timestamp,
 }
 
@@ -112,20 +135,33 @@ fn format_minor(minor: i64) -> String {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct NotificationView {
     pub id: Uuid,
     pub order_id: Uuid,
     pub customer_id: Uuid,
+    /// E.164.
+    #[schema(example = "+254722000001")]
     pub phone: String,
     pub message: String,
+    #[schema(value_type = crate::domain::notification::NotificationStatus)]
     pub status: String,
     pub attempts: i32,
+    /// Always present; `null` when absent.
+    #[schema(required = true)]
     pub provider: Option<String>,
+    /// Always present; `null` when absent.
+    #[schema(required = true)]
     pub provider_message_id: Option<String>,
+    /// Always present; `null` when absent.
+    #[schema(required = true)]
     pub cost: Option<String>,
+    /// Always present; `null` when absent.
+    #[schema(required = true)]
     pub error: Option<String>,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub updated_at: Timestamp,
 }
 
@@ -150,8 +186,10 @@ impl From<notification::Model> for NotificationView {
 }
 
 /// One page of a keyset-paginated list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// Always present; `null` when absent.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }

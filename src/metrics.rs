@@ -1,0 +1,123 @@
+//! Prometheus metrics: one process-wide recorder (the `metrics` facade allows one per
+//! process, and tests run several apps in one process, so it is installed once and every app
+//! renders the same handle), plus one named function per metric so that names and labels
+//! live in this file only.
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub const HTTP_REQUESTS: &str = "duka_http_requests_total";
+pub const HTTP_DURATION: &str = "duka_http_request_duration_seconds";
+pub const ORDERS_CREATED: &str = "duka_orders_created_total";
+pub const EVENTS_PUBLISHED: &str = "duka_events_published_total";
+pub const SMS: &str = "duka_sms_total";
+pub const SMS_QUEUE_DEPTH: &str = "duka_sms_queue_depth";
+pub const WS_CONNECTIONS: &str = "duka_websocket_connections";
+
+/// Latency buckets in seconds: from a cached read to a request stuck behind a lock timeout.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's recorder, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let handle = match builder.install_recorder() {
+            Ok(handle) => handle,
+            Err(e) => {
+                // Another recorder owns the facade (a host program): keep serving an
+                // empty but valid page rather than refusing to start.
+                tracing::warn!(error = %e, "metrics recorder not installed");
+                PrometheusBuilder::new().build_recorder().handle()
+            }
+        };
+        describe();
+        let upkept = handle.clone();
+        // Histograms buffer samples until upkeep drains them; scrapes may be rare.
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkept.run_upkeep();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "metrics upkeep thread not started");
+        }
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests by method, route pattern and status"
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request latency by method, route pattern and status"
+    );
+    describe_counter!(ORDERS_CREATED, "Orders created (committed)");
+    describe_counter!(EVENTS_PUBLISHED, "Events committed and published, by type");
+    describe_counter!(SMS, "SMS notifications by resulting status");
+    describe_gauge!(SMS_QUEUE_DEPTH, "SMS notifications waiting to be sent");
+    describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections");
+    // Series without labels are shown from the start (at 0), not from their first change.
+    counter!(ORDERS_CREATED).increment(0);
+    gauge!(SMS_QUEUE_DEPTH).increment(0.0);
+    gauge!(WS_CONNECTIONS).increment(0.0);
+}
+
+/// Prometheus text exposition of every metric.
+pub fn render() -> String {
+    handle().render()
+}
+
+/// One finished HTTP request; `route` is the matched pattern (never the raw path, whose ids
+/// would make one series per resource).
+pub fn http_request(method: &str, route: &str, status: u16, latency: Duration) {
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route.to_string()),
+        ("status", status.to_string()),
+    ];
+    counter!(HTTP_REQUESTS, &labels).increment(1);
+    histogram!(HTTP_DURATION, &labels).record(latency.as_secs_f64());
+}
+
+pub fn orders_created(n: u64) {
+    counter!(ORDERS_CREATED).increment(n);
+}
+
+/// Committed events of one type (`order.created`...).
+pub fn events_published(kind: &str, n: u64) {
+    counter!(EVENTS_PUBLISHED, "type" => kind.to_string()).increment(n);
+}
+
+/// An SMS reached `status` (`sent`, `delivered`, `failed`...).
+pub fn sms_status(status: &str) {
+    counter!(SMS, "status" => status.to_string()).increment(1);
+}
+
+/// Notifications currently waiting to be sent.
+pub fn sms_queue_depth(depth: usize) {
+    gauge!(SMS_QUEUE_DEPTH).set(depth as f64);
+}
+
+pub fn websocket_opened() {
+    gauge!(WS_CONNECTIONS).increment(1.0);
+}
+
+pub fn websocket_closed() {
+    gauge!(WS_CONNECTIONS).decrement(1.0);
+}
