@@ -41,9 +41,12 @@ impl Duka {
         format!("http://{}", self.addr)
     }
 
-    /// A handle to stop the server gracefully.
-    pub fn handle(&self) -> actix_web::dev::ServerHandle {
-        self.server.handle()
+    /// A handle to stop the service.
+    pub fn handle(&self) -> DukaHandle {
+        DukaHandle {
+            server: self.server.handle(),
+            hub: self.live.hub.clone(),
+        }
     }
 
     /// Serves until the server is stopped (SIGINT/SIGTERM or `handle().stop()`), then lets
@@ -58,6 +61,26 @@ impl Duka {
             tracing::warn!("stopped with SMS sends in flight; they are retried after their lease");
         }
         result
+    }
+}
+
+/// Stops a running `Duka` (from another task or thread).
+#[derive(Clone)]
+pub struct DukaHandle {
+    server: actix_web::dev::ServerHandle,
+    hub: Addr<live::hub::Hub>,
+}
+
+impl DukaHandle {
+    /// Graceful: WebSockets are closed with 1001, the server stops accepting and finishes
+    /// the requests in flight (up to 10 s), then the SMS sends in flight may finish (see
+    /// `Duka::run`). Not graceful: everything stops at once, as in a crash. The commands are
+    /// sent before this returns; the future only waits for the stop.
+    pub fn stop(&self, graceful: bool) -> impl std::future::Future<Output = ()> + use<> {
+        if graceful {
+            self.hub.do_send(live::hub::Shutdown);
+        }
+        self.server.stop(graceful)
     }
 }
 
@@ -93,6 +116,7 @@ fn write_config(settings: &Settings) -> WriteConfig {
             .into_iter()
             .map(|on| (on, settings.template(on)))
             .collect(),
+        max_attempts: i32::try_from(sms.max_attempts).unwrap_or(i32::MAX),
     }
 }
 
@@ -203,6 +227,8 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
             .wrap(actix_web::middleware::from_fn(http::request_span))
     })
     .on_connect(live::on_connect)
+    // Signals are handled by the binary (see main.rs), so that WebSockets close first.
+    .disable_signals()
     .shutdown_timeout(10);
     if settings.http.workers > 0 {
         server = server.workers(settings.http.workers);

@@ -55,6 +55,29 @@ fn init_tracing(settings: &Settings, to_stderr: bool) {
     }
 }
 
+/// Waits for SIGTERM or SIGINT; answers which.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
@@ -103,6 +126,12 @@ fn main() -> ExitCode {
                 if let Some(token) = &app.generated_token {
                     println!("duka: API token (kept in the data directory): {token}");
                 }
+                let handle = app.handle();
+                actix_web::rt::spawn(async move {
+                    let signal = shutdown_signal().await;
+                    tracing::info!(signal, "shutting down gracefully");
+                    handle.stop(true).await;
+                });
                 app.run()
                     .await
                     .map_err(|e| duka::StartError(format!("server error: {e}")))

@@ -693,3 +693,30 @@ async fn duka_watch_prints_one_line_per_event() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("401"), "{stderr}");
 }
+
+/// A graceful stop (SIGTERM in the binary) closes every WebSocket with 1001 at once, so the
+/// server need not wait out its shutdown timeout; the client resumes with `since` later.
+#[tokio::test]
+async fn a_graceful_stop_closes_websockets_with_1001() {
+    let app = spawn_live_app().await;
+    let mut ws = connect(&app, "").await;
+    hello(&mut ws).await;
+    app.await_subscribers(1).await;
+    let started = std::time::Instant::now();
+    let stopping = {
+        let handle = app.app.server_handle().expect("a running server");
+        tokio::spawn(handle.stop(true))
+    };
+    let close = match next(&mut ws).await {
+        Next::Closed(close) => close.expect("a close frame with a code"),
+        other => panic!("expected a close frame, got {other:?}"),
+    };
+    assert_eq!(u16::from(close.code), 1001, "{close:?}");
+    stopping.await.unwrap();
+    // Well under the 10 s shutdown timeout that an open WebSocket would otherwise hold it.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}

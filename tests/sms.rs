@@ -397,6 +397,8 @@ async fn messages_left_queued_or_abandoned_by_a_crash_are_sent_once_after_restar
         row("left queued", "queued", 0, None),
         row("lease expired", "sending", 1, Some(now - 1000)),
         row("still leased", "sending", 1, Some(now + 600_000)),
+        // Its sender died mid-send max_attempts (8) times: not sent again, failed.
+        row("interrupted too often", "sending", 8, Some(now - 1000)),
     ] {
         m.into_active_model().insert(&db).await.unwrap();
     }
@@ -405,9 +407,13 @@ async fn messages_left_queued_or_abandoned_by_a_crash_are_sent_once_after_restar
     app.restart(false).await;
     let list = wait_notifications(&app, &order_id, |l| {
         l.iter().filter(|n| n["status"] == "sent").count() == 3
+            && l.iter().any(|n| n["status"] == "failed")
     })
     .await;
     let by_message = |m: &str| list.iter().find(|n| n["message"] == m).unwrap().clone();
+    let given_up = by_message("interrupted too often");
+    assert_eq!(given_up["status"], "failed");
+    assert!(s(&given_up["error"]).contains("gave up"), "{given_up}");
     assert_eq!(by_message("left queued")["attempts"], 1);
     assert_eq!(by_message("lease expired")["attempts"], 2);
     assert_eq!(by_message("still leased")["status"], "sending");
@@ -421,6 +427,7 @@ async fn messages_left_queued_or_abandoned_by_a_crash_are_sent_once_after_restar
     assert_eq!(sent.iter().filter(|m| *m == "left queued").count(), 1);
     assert_eq!(sent.iter().filter(|m| *m == "lease expired").count(), 1);
     assert!(!sent.iter().any(|m| m == "still leased"));
+    assert!(!sent.iter().any(|m| m == "interrupted too often"));
     assert_events_gap_free(&app).await;
 }
 

@@ -86,6 +86,12 @@ pub fn load_or_create_secret(path: &Path, prefix: &str) -> std::io::Result<(Stri
         options.mode(0o600);
     }
     let mut file = options.open(path)?;
+    // `mode` applies only to a file created here; an existing (empty) one is fixed too.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     file.write_all(secret.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()?;

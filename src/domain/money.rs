@@ -26,6 +26,10 @@ impl Money {
         if frac.len() > 2 {
             return Err("must have at most 2 decimal places".into());
         }
+        // Longer integer parts are over the maximum anyway, and would overflow below.
+        if int.trim_start_matches('0').len() > 9 {
+            return Err("must be at most 999999999.99".into());
+        }
         let value: Decimal = t.parse().map_err(|_| RULE.to_string())?;
         let minor = (value * Decimal::ONE_HUNDRED)
             .trunc()
@@ -47,10 +51,6 @@ impl Money {
 
     pub fn minor(self) -> i64 {
         self.0
-    }
-
-    pub fn to_decimal(self) -> Decimal {
-        Decimal::new(self.0, 2)
     }
 }
 

@@ -108,11 +108,30 @@ impl Template {
         Ok(Self(text.to_string()))
     }
 
+    /// Fills the placeholders in one pass, so a value that itself contains `{...}` (a
+    /// customer named "{item}") is never expanded.
     pub fn render(&self, values: &BTreeMap<&str, String>) -> String {
-        let mut out = self.0.clone();
-        for (name, value) in values {
-            out = out.replace(&format!("{{{name}}}"), value);
+        let mut out = String::with_capacity(self.0.len() + 64);
+        let mut rest = self.0.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            match after.find('}') {
+                Some(close) => {
+                    let name = &after[..close];
+                    match values.get(name) {
+                        Some(value) => out.push_str(value),
+                        None => out.push_str(&rest[open..open + close + 2]),
+                    }
+                    rest = &after[close + 1..];
+                }
+                None => {
+                    out.push_str(&rest[open..]);
+                    rest = "";
+                }
+            }
         }
+        out.push_str(rest);
         out
     }
 }
@@ -139,6 +158,16 @@ mod tests {
             t.render(&values),
             "Hi Wanjiku, order ORD-1: Laptop x2, KES 1200.00"
         );
+    }
+
+    #[test]
+    fn values_are_not_expanded_again() {
+        let t = Template::parse("{customer_name}: {item}").unwrap();
+        let values = BTreeMap::from([
+            ("customer_name", "{item}".to_string()),
+            ("item", "Laptop".to_string()),
+        ]);
+        assert_eq!(t.render(&values), "{item}: Laptop");
     }
 
     #[test]

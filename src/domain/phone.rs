@@ -36,22 +36,12 @@ impl Phone {
         Ok(Self(number.format().mode(Mode::E164).to_string()))
     }
 
-    /// Trusted E.164 text from storage.
-    pub fn from_stored(e164: String) -> Self {
-        Self(e164)
-    }
-
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
     pub fn into_string(self) -> String {
         self.0
-    }
-
-    /// For logs: everything but the last three digits hidden.
-    pub fn masked(&self) -> String {
-        mask(&self.0)
     }
 }
 

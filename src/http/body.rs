@@ -184,7 +184,12 @@ pub fn integer<'a, T>(check: impl FnOnce(i64) -> Result<T, String> + 'a) -> Conv
         {
             return Err("must be an integer".into());
         }
-        let n: i64 = text.parse().map_err(|_| "is out of range".to_string())?;
+        // Too large for i64 is out of any range the caller allows: let it say which.
+        let n: i64 = text.parse().unwrap_or(if text.starts_with('-') {
+            i64::MIN
+        } else {
+            i64::MAX
+        });
         check(n)
     })
 }

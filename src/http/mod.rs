@@ -58,6 +58,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, auth: web::Data<auth::Authenticat
                 .wrap(actix_web::middleware::from_fn(auth::require_principal)),
         )
         .app_data(auth)
+        // Typed query strings (the /auth callbacks) fail as problem+json too.
+        .app_data(web::QueryConfig::default().error_handler(|e, _| {
+            ApiError::BadRequest {
+                detail: format!("bad query string: {e}"),
+                param: None,
+            }
+            .into()
+        }))
         .configure(assets::routes)
         .default_service(web::to(problem::not_found));
 }

@@ -279,9 +279,25 @@ impl Actor for Hub {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Sessions and the repository must never be pushed back by a full hub mailbox.
         // (usize::MAX would overflow in actix when an address is cloned.)
-        ctx.set_mailbox_capacity(usize::MAX >> 2);
+        ctx.set_mailbox_capacity(crate::store::repository::UNBOUNDED_MAILBOX);
         ctx.run_interval(self.cfg.ping_interval, |act, _| act.watchdog());
         ctx.run_interval(PRUNE_EVERY, |act, ctx| act.prune(ctx));
+    }
+}
+
+/// Closes every session with 1001 before the server stops.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) {
+        for (_, member) in self.members.drain() {
+            member.session.do_send(super::session::GoingAway);
+        }
+        self.count();
     }
 }
 

@@ -211,6 +211,20 @@ impl Handler<Deliver> for WsSession {
     }
 }
 
+/// The server is shutting down: close with 1001 (going away); clients reconnect later with
+/// `?since=` and miss nothing.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GoingAway;
+
+impl Handler<GoingAway> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, _: GoingAway, ctx: &mut Self::Context) {
+        self.close(ctx, CloseCode::Away, "the server is shutting down");
+    }
+}
+
 impl Handler<Overflow> for WsSession {
     type Result = ();
 

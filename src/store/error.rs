@@ -80,12 +80,18 @@ fn is_unavailable(e: &DbErr) -> bool {
                     // lock or statement timeouts; SQLite: busy or locked beyond the busy
                     // timeout, disk I/O, read-only.
                     let code = d.code().unwrap_or_default();
+                    // SQLite reports extended codes; the primary code is the low byte:
+                    // BUSY 5, LOCKED 6, NOMEM 7... IOERR 10, FULL 13, READONLY 8.
+                    if d.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+                        .is_some()
+                    {
+                        return code
+                            .parse::<i32>()
+                            .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 8 | 10 | 13));
+                    }
                     code.starts_with("08")
                         || code.starts_with("57P")
-                        || matches!(
-                            &*code,
-                            "53300" | "3D000" | "55P03" | "57014" | "5" | "6" | "10" | "8"
-                        )
+                        || matches!(&*code, "53300" | "3D000" | "55P03" | "57014")
                 }
                 _ => false,
             }

@@ -30,6 +30,8 @@ pub struct WriteConfig {
     pub sms_provider: Option<String>,
     pub notify_on: Vec<NotifyOn>,
     pub templates: BTreeMap<NotifyOn, Template>,
+    /// `sms.max_attempts`: a message whose sender died mid-send this often is failed.
+    pub max_attempts: i32,
 }
 
 /// An `Idempotency-Key` with what it is bound to.
@@ -73,7 +75,8 @@ pub enum WriteOp {
     /// The SMS dispatcher takes a message for one send attempt: `queued` (or `sending`
     /// whose lease has expired) becomes `sending` until `lease_until`, one more attempt.
     /// Answers `Conflict` when the message is not there to take (another sender has it, or
-    /// it was already sent), `NotFound` when it is gone.
+    /// it was already sent), `NotFound` when it is gone, and `Done` when instead of being
+    /// claimed it was failed (its senders died mid-send `max_attempts` times).
     ClaimNotification {
         id: Uuid,
         lease_until: Timestamp,
@@ -144,6 +147,9 @@ pub struct Committed {
     pub queued: Vec<Uuid>,
 }
 
+/// The longest one batch may take, commit included.
+const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
+
 pub struct Pending {
     pub op: WriteOp,
     pub reply: oneshot::Sender<Result<WriteReply, StoreError>>,
@@ -156,7 +162,16 @@ pub async fn run_batch(
     batch: Vec<Pending>,
 ) -> Option<Committed> {
     let (ops, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
-    match execute(db, cfg, ops).await {
+    // The server's statement and lock timeouts do not help when the network goes silent:
+    // bound the whole batch so the single writer never waits forever. A batch that timed
+    // out may still have committed; callers retry safely with their Idempotency-Key.
+    let result = match tokio::time::timeout(BATCH_TIMEOUT, execute(db, cfg, ops)).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unavailable(
+            "the database did not answer in time".into(),
+        )),
+    };
+    match result {
         Ok((results, committed)) => {
             for (reply, result) in replies.into_iter().zip(results) {
                 // A caller that went away (client disconnected) still had its change committed.
@@ -209,7 +224,9 @@ async fn execute(
                     savepoint.commit().await?;
                     results.push(Ok(reply));
                 }
-                Err(e) if e.is_infrastructure() => return Err(e),
+                // Only a database that cannot be reached fails the whole batch; any other
+                // error (even an unexpected one) stays with the operation that caused it.
+                Err(e @ StoreError::Unavailable(_)) => return Err(e),
                 Err(e) => {
                     savepoint.rollback().await?;
                     ctx.reset(mark);
@@ -765,6 +782,37 @@ async fn claim_notification(
                 .add(C::Status.eq(NotificationStatus::Sending.as_str()))
                 .add(C::LeaseUntil.lt(now)),
         );
+    // A lease that ran out means the sender stopped mid-send (a crash): the provider may
+    // or may not have the message. After max_attempts of those, stop resending it.
+    let gave_up = notification::Entity::update_many()
+        .col_expr(C::Status, Expr::value(NotificationStatus::Failed.as_str()))
+        .col_expr(
+            C::Error,
+            Expr::value(format!(
+                "gave up after {} attempts whose sender stopped before the outcome was known",
+                ctx.cfg.max_attempts
+            )),
+        )
+        .col_expr(C::LeaseUntil, Expr::value(Option::<i64>::None))
+        .col_expr(C::UpdatedAt, Expr::value(now))
+        .filter(C::Id.eq(id))
+        .filter(C::Status.eq(NotificationStatus::Sending.as_str()))
+        .filter(C::LeaseUntil.lt(now))
+        .filter(C::Attempts.gte(ctx.cfg.max_attempts))
+        .exec(txn)
+        .await?;
+    if gave_up.rows_affected > 0 {
+        if let Some(row) = notification::Entity::find_by_id(id).one(txn).await? {
+            ctx.emit(
+                txn,
+                EventType::NotificationUpdated,
+                &NotificationView::from(row),
+            )
+            .await?;
+        }
+        // Not an error: the change must commit. Nothing was claimed.
+        return Ok(WriteReply::Done);
+    }
     let updated = notification::Entity::update_many()
         .col_expr(C::Status, Expr::value(NotificationStatus::Sending.as_str()))
         .col_expr(C::Attempts, Expr::col(C::Attempts).add(1))

@@ -119,7 +119,7 @@ pub struct TestApp {
     pub url: String,
     pub settings: Settings,
     pub client: reqwest::Client,
-    server: Option<(actix_web::dev::ServerHandle, JoinHandle<()>)>,
+    server: Option<(duka::DukaHandle, JoinHandle<()>)>,
     pub data_dir: tempfile::TempDir,
     // Dropped last: the server must be gone before its database is.
     pub db: TestDb,
@@ -164,9 +164,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 /// Starts duka in a thread with its own actix system, as the binary does.
-pub async fn start_server(
-    settings: Settings,
-) -> (SocketAddr, (actix_web::dev::ServerHandle, JoinHandle<()>)) {
+pub async fn start_server(settings: Settings) -> (SocketAddr, (duka::DukaHandle, JoinHandle<()>)) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::spawn(move || {
         let system = actix_web::rt::System::new();
@@ -290,6 +288,11 @@ impl TestApp {
         let (addr, server) = start_server(settings).await;
         self.addr = addr;
         self.server = Some(server);
+    }
+
+    /// The running server's stop handle.
+    pub fn server_handle(&self) -> Option<duka::DukaHandle> {
+        self.server.as_ref().map(|(handle, _)| handle.clone())
     }
 
     pub async fn stop(&mut self, graceful: bool) {
