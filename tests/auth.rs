@@ -30,6 +30,19 @@ async fn send(
     r.send().await.expect("request")
 }
 
+/// A WebSocket upgrade request carrying a session cookie and an `Origin`.
+async fn ws_upgrade(app: &TestApp, cookie_header: &str, origin: &str) -> reqwest::Response {
+    let headers = [
+        ("cookie", cookie_header),
+        ("origin", origin),
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    send(app, Method::GET, "/api/v1/ws", &headers, None).await
+}
+
 async fn with_bearer(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
     let auth = format!("Bearer {token}");
     send(app, Method::GET, path, &[("authorization", &auth)], None).await
@@ -642,6 +655,14 @@ async fn token_mode_browser_session_and_logout() {
     )
     .await;
     assert_problem(r, 403, &[]).await;
+    // The WebSocket upgrade is a GET, but a cookie on it from another site is refused too
+    // (cross-site WebSocket hijacking); from this site it upgrades.
+    let r = ws_upgrade(&app, &cookie_header, "http://evil.example").await;
+    assert_problem(r, 403, &[]).await;
+    assert_eq!(
+        ws_upgrade(&app, &cookie_header, &origin).await.status(),
+        101
+    );
     // Bearer clients need no Origin.
     assert_eq!(
         app.post(
