@@ -13,7 +13,7 @@ use crate::domain::money::Money;
 use crate::domain::notification::{NotificationStatus, NotifyOn, Template};
 use crate::domain::order::{CustomerRef, NewOrder, OrderPatch, OrderStatus, generate_order_number};
 use crate::domain::time::Timestamp;
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend,
     EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QuerySelect, SqliteTransactionMode,
@@ -603,19 +603,9 @@ async fn create_order(
     let customer = found
         .ok_or_else(|| StoreError::Validation(FieldErrors::single(field, "no such customer")))?;
     let now = Timestamp::now();
-    let order_number = loop {
-        let candidate = generate_order_number(now);
-        let taken = order::Entity::find()
-            .filter(order::Column::OrderNumber.eq(candidate.as_str()))
-            .count(txn)
-            .await?;
-        if taken == 0 {
-            break candidate;
-        }
-    };
-    let row = order::Model {
+    let mut row = order::Model {
         id: Uuid::now_v7(),
-        order_number,
+        order_number: generate_order_number(now),
         customer_id: customer.id,
         item: new.item,
         quantity: new.quantity,
@@ -625,9 +615,29 @@ async fn create_order(
         created_at: now.millis(),
         updated_at: now.millis(),
     };
-    order::Entity::insert(row.clone().into_active_model())
-        .exec_without_returning(txn)
-        .await?;
+    // The unique index decides whether a number is free: a taken one inserts nothing and
+    // another is drawn. One statement instead of a lookup before every insert.
+    let mut attempts = 0;
+    loop {
+        let inserted = order::Entity::insert(row.clone().into_active_model())
+            .on_conflict(
+                OnConflict::column(order::Column::OrderNumber)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(txn)
+            .await?;
+        if inserted > 0 {
+            break;
+        }
+        attempts += 1;
+        if attempts >= 16 {
+            return Err(StoreError::Internal(
+                "no free order number after 16 draws".into(),
+            ));
+        }
+        row.order_number = generate_order_number(now);
+    }
     let notification =
         queue_notification(txn, &row, &customer, NotifyOn::Created, ctx, false).await?;
     let view = OrderView::new(row, &customer, notification.as_ref());
