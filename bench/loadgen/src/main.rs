@@ -401,7 +401,7 @@ async fn read(a: &Args) -> Result<Value, AnyError> {
         "kind": "read", "path": path, "concurrency": c, "seconds": secs,
         "ok": tally.ok, "errors": tally.errors, "error_samples": tally.samples,
         "rps": (tally.ok as f64 / secs).round(),
-        "mean_body_bytes": if tally.ok > 0 { bytes / tally.ok } else { 0 },
+        "mean_body_bytes": bytes.checked_div(tally.ok).unwrap_or(0),
     });
     merge(&mut out, summary(&h));
     Ok(out)
