@@ -105,6 +105,59 @@ async fn concurrent_orders_are_all_kept_with_gap_free_events() {
     );
 }
 
+/// Concurrent requests share group-commit batches; a refused one (unknown customer) must
+/// roll back alone, whatever else its batch held.
+#[tokio::test]
+async fn refused_orders_in_concurrent_batches_roll_back_alone() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let customer = app.create_customer(json!({})).await;
+    let code = customer["code"].as_str().unwrap().to_string();
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let app = app.clone();
+        let code = code.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut created, mut refused) = (0, 0);
+            for i in 0..8 {
+                let bad = (t + i) % 3 == 0;
+                let body = json!({
+                    "customer_code": if bad { "NO-SUCH-CUSTOMER".to_string() } else { code.clone() },
+                    "item": "Batch", "amount": "10.00",
+                });
+                let r = app.post("/api/v1/orders", &body).await;
+                match (bad, r.status().as_u16()) {
+                    (false, 201) => created += 1,
+                    (true, 422) => refused += 1,
+                    (bad, status) => panic!("bad={bad}: answered {status}"),
+                }
+            }
+            (created, refused)
+        }));
+    }
+    let (mut created, mut refused) = (0, 0);
+    for t in tasks {
+        let (c, r) = t.await.unwrap();
+        created += c;
+        refused += r;
+    }
+    assert_eq!(created + refused, 256);
+    assert!(refused > 0 && created > 0);
+    let db = app.db.connect().await;
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM orders").await, created);
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM events WHERE kind = 'order.created'"
+        )
+        .await,
+        created
+    );
+    assert_eq!(
+        scalar(&db, "SELECT MAX(seq) - COUNT(*) FROM events").await,
+        0
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
