@@ -19,8 +19,6 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// A JSON object body, its fields still raw.
 pub struct JsonObject {
     fields: BTreeMap<String, Box<RawValue>>,
-    /// SHA-256 of the body's canonical JSON (key order and spacing do not matter).
-    pub hash: String,
 }
 
 impl FromRequest for JsonObject {
@@ -67,22 +65,37 @@ impl FromRequest for JsonObject {
 }
 
 impl JsonObject {
+    /// One parse of the body; the canonical form is only built when a hash is asked for.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let malformed = |e: serde_json::Error| ApiError::BadRequest {
-            detail: format!("the body is not valid JSON: {e}"),
-            param: None,
-        };
-        let value: serde_json::Value = serde_json::from_slice(body).map_err(malformed)?;
-        if !value.is_object() {
-            return Err(ApiError::BadRequest {
-                detail: "the body must be a JSON object".into(),
+        match serde_json::from_slice::<BTreeMap<String, Box<RawValue>>>(body) {
+            Ok(fields) => Ok(Self { fields }),
+            // Valid JSON that is not an object gets its own message.
+            Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() => {
+                Err(ApiError::BadRequest {
+                    detail: "the body must be a JSON object".into(),
+                    param: None,
+                })
+            }
+            Err(e) => Err(ApiError::BadRequest {
+                detail: format!("the body is not valid JSON: {e}"),
                 param: None,
-            });
+            }),
         }
-        let fields: BTreeMap<String, Box<RawValue>> =
-            serde_json::from_slice(body).map_err(malformed)?;
-        let hash = hex::encode(Sha256::digest(value.to_string().as_bytes()));
-        Ok(Self { fields, hash })
+    }
+
+    /// SHA-256 of the body's canonical JSON (sorted keys, no spacing), so that key order
+    /// and spacing do not make a repeated request look different.
+    pub fn hash(&self) -> String {
+        let canonical: BTreeMap<&str, serde_json::Value> = self
+            .fields
+            .iter()
+            .map(|(k, v)| {
+                let value = serde_json::from_str(v.get()).unwrap_or(serde_json::Value::Null);
+                (k.as_str(), value)
+            })
+            .collect();
+        let text = serde_json::to_string(&canonical).unwrap_or_default();
+        hex::encode(Sha256::digest(text.as_bytes()))
     }
 }
 
@@ -245,7 +258,9 @@ mod tests {
     fn hash_ignores_key_order_and_spacing() {
         let a = JsonObject::parse(br#"{"a":1,"b":"x"}"#).unwrap();
         let b = JsonObject::parse(br#"{ "b": "x", "a": 1 }"#).unwrap();
-        assert_eq!(a.hash, b.hash);
+        assert_eq!(a.hash(), b.hash());
+        let c = JsonObject::parse(br#"{"a":1,"b":"y"}"#).unwrap();
+        assert_ne!(a.hash(), c.hash());
     }
 
     #[test]

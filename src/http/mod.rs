@@ -147,13 +147,18 @@ pub async fn write(state: &AppState, op: WriteOp) -> Result<WriteReply, ApiError
 
 /// 201 with `Location` for a created resource under `collection`.
 pub fn created(collection: &str, reply: WriteReply) -> Result<HttpResponse, ApiError> {
+    let id = match &reply {
+        WriteReply::Customer(c) => Some(c.id.to_string()),
+        WriteReply::Order(o) => Some(o.id.to_string()),
+        // A replay is rare: its id is read back from the stored body.
+        WriteReply::Replay { body, .. } => serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string)),
+        _ => None,
+    };
     let (status, body) = body_of(StatusCode::CREATED, reply)?;
     let mut response = HttpResponse::build(status);
-    if status == StatusCode::CREATED
-        && let Some(id) = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
-    {
+    if let Some(id) = id.filter(|_| status == StatusCode::CREATED) {
         response.insert_header((header::LOCATION, format!("{collection}/{id}")));
     }
     Ok(response.content_type("application/json").body(body))
@@ -212,7 +217,7 @@ pub fn idempotency_key(
         principal: principal.subject.clone(),
         route,
         key: key.to_string(),
-        request_hash: body.hash.clone(),
+        request_hash: body.hash(),
     }))
 }
 
