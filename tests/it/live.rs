@@ -1,14 +1,12 @@
 //! Live events over WebSocket, black-box against a real server and database.
 
-mod support;
-
+use crate::support::live::*;
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use support::live::*;
-use support::*;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 fn id(v: &Value) -> String {

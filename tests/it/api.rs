@@ -1,7 +1,6 @@
 //! The customers and orders API, black-box over HTTP against a real server and database.
 
-mod support;
-
+use crate::support::*;
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use sea_orm::{
@@ -11,7 +10,6 @@ use sea_orm::{
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use support::*;
 
 #[tokio::test]
 async fn customer_and_order_round_trip() {

@@ -2,15 +2,13 @@
 //! over WebDriver with fantoccini. Screenshots of the main views are saved under
 //! `target/tmp/screenshots/` for a reviewer.
 
-mod support;
-
+use crate::support::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";

@@ -1,14 +1,12 @@
 //! Operations: the OpenAPI document and /docs, health, metrics, request ids, rate limits,
 //! security headers, CORS, logs and graceful shutdown of the binary.
 
-mod support;
-
+use crate::support::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::{BufRead, Read, Write};
 use std::time::Duration;
-use support::*;
 
 fn anon(app: &TestApp, method: Method, path: &str) -> reqwest::RequestBuilder {
     app.client.request(method, format!("{}{path}", app.url))

@@ -2,18 +2,14 @@
 //! records every request (tests/support/fake_at.rs), plus the real binary with the default
 //! log provider.
 
-#[path = "support/fake_at.rs"]
-mod fake_at;
-mod support;
-
+use crate::fake_at::{self, FakeAt};
+use crate::support::*;
 use duka::config::SmsProviderKind;
 use duka::domain::notification::NotifyOn;
 use duka::store::entities::notification;
-use fake_at::FakeAt;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, IntoActiveModel, Statement};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::*;
 
 const SECRET: &str = "webhook-s3cret";
 

@@ -1,16 +1,12 @@
 //! Authentication, black-box: OIDC bearer tokens and browser sign-in against a real OpenID
 //! provider (panva's oidc-provider on loopback), and browser sessions in both modes.
 
-#[path = "support/oidc.rs"]
-mod oidc;
-mod support;
-
+use crate::oidc::{self, Browser, Provider, set_cookie, spawn_oidc_app};
+use crate::support::*;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use oidc::{Browser, Provider, set_cookie, spawn_oidc_app};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::*;
 
 /// An unauthenticated request with extra headers.
 async fn send(

@@ -1,0 +1,18 @@
+//! The integration tests: one binary (as zero2prod's `tests/api/`), a module per area, so
+//! that CI links once. Each test starts its own server on a random loopback port with a
+//! fresh database (`support::spawn_app`); SQLite by default, PostgreSQL when
+//! `DUKA_TEST_POSTGRES_URL` is set.
+
+#[path = "../support/fake_at.rs"]
+mod fake_at;
+#[path = "../support/oidc.rs"]
+mod oidc;
+#[path = "../support/mod.rs"]
+mod support;
+
+mod api;
+mod auth;
+mod dashboard;
+mod live;
+mod ops;
+mod sms;
