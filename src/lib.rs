@@ -19,9 +19,9 @@ use domain::money::Currency;
 use domain::notification::NotifyOn;
 use std::net::SocketAddr;
 use std::time::Duration;
-use store::Repository;
-use store::repository::Listen;
-use store::writes::WriteConfig;
+use store::batch::WriteConfig;
+use store::repository::ListenSms;
+use store::{Reader, Repository};
 
 /// A running service.
 pub struct Duka {
@@ -154,21 +154,18 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         )),
     };
     let retention = live::retention(&settings);
-    let cutoff = domain::time::Timestamp::now()
-        .plus_millis(-i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-    match store::writes::prune_events(&db, cutoff).await {
-        Ok(n) if n > 0 => tracing::info!(removed = n, "old events pruned"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not prune old events"),
-    }
+    store::maintenance::run(&db, retention).await;
     let latest_seq = store::reads::latest_seq(&db)
         .await
         .map_err(|e| StartError(format!("cannot read the event log: {e}")))?;
 
-    let repo = Repository::new(db, write_config(&settings)).start();
+    let repo = Repository::new(db.clone(), write_config(&settings), retention).start_alone();
     // First listener, before anything can write: the hub must see every commit after
     // `latest_seq`.
-    let live = live::Live::start(&settings, repo.clone(), latest_seq);
+    let live = live::Live::start(&settings, &repo, latest_seq);
+    // For the readers outside the HTTP workers (sessions, the SMS dispatcher's sweeps);
+    // every worker starts its own for its requests.
+    let reader = Reader::new(db.clone()).start();
     let live_data = web::Data::new(live.clone());
     let session_key =
         auth::session::SessionKey::load(&settings.auth.session_key, &settings.data_dir).map_err(
@@ -182,6 +179,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     let sessions = auth::session::Sessions::new(
         session_key,
         repo.clone(),
+        reader.clone(),
         std::time::Duration::from_secs(u64::from(settings.auth.session_ttl_hours) * 3600),
     );
     let authenticator = web::Data::new(auth::Authenticator::new(
@@ -192,9 +190,17 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
 
     let sms = if settings.sms.enabled {
         let provider = sms::provider_from(&settings.sms).map_err(StartError)?;
+        let dispatcher = sms::SmsDispatcher::new(
+            repo.clone(),
+            reader.clone(),
+            provider,
+            (&settings.sms).into(),
+        );
         let dispatcher =
-            sms::SmsDispatcher::new(repo.clone(), provider, (&settings.sms).into()).start();
-        repo.do_send(Listen(dispatcher.clone().recipient()));
+            sms::SmsDispatcher::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| {
+                dispatcher
+            });
+        repo.do_send(ListenSms(dispatcher.clone().recipient()));
         Some(dispatcher)
     } else {
         None
@@ -202,12 +208,10 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     let webhook = web::Data::new(http::webhooks::DeliveryWebhook::new(
         &settings.sms.africastalking.webhook_secret,
     ));
-    let state = web::Data::new(http::AppState {
-        repo: repo.clone(),
-        region: settings.region(),
-        currency: Currency::parse(&settings.orders.default_currency)
-            .map_err(|e| StartError(format!("orders.default_currency: {e}")))?,
-    });
+    let region = settings.region();
+    let currency = Currency::parse(&settings.orders.default_currency)
+        .map_err(|e| StartError(format!("orders.default_currency: {e}")))?;
+    let writer = repo.clone();
 
     // Installed before serving so that the first scrape already sees every described metric.
     metrics::handle();
@@ -217,8 +221,15 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         .bind_addr()
         .map_err(|e| StartError(e.to_string()))?;
     let mut server = HttpServer::new(move || {
+        // Runs on each worker's thread: its reader polls that worker's reads there.
+        let state = web::Data::new(http::AppState {
+            repo: writer.clone(),
+            reader: Reader::new(db.clone()).start(),
+            region,
+            currency,
+        });
         App::new()
-            .app_data(state.clone())
+            .app_data(state)
             .app_data(webhook.clone())
             .app_data(live_data.clone())
             .configure(|cfg| http::configure(cfg, authenticator.clone()))

@@ -6,10 +6,11 @@
 
 use super::Principal;
 use crate::http::problem::ApiError;
-use crate::store::Repository;
 use crate::store::entities::session;
-use crate::store::repository::{GetSession, Write};
-use crate::store::writes::WriteOp;
+use crate::store::ops::WriteOp;
+use crate::store::reader::GetSession;
+use crate::store::repository::Write;
+use crate::store::{Reader, Repository};
 use actix::Addr;
 use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
@@ -67,10 +68,11 @@ pub fn key_file(data_dir: &Path) -> PathBuf {
     data_dir.join("session-key")
 }
 
-/// Creates, finds and ends sessions through the Repository actor.
+/// Creates and ends sessions through the Repository actor; finds them through a Reader.
 pub struct Sessions {
     pub key: SessionKey,
     repo: Addr<Repository>,
+    reader: Addr<Reader>,
     ttl: Duration,
 }
 
@@ -79,8 +81,18 @@ fn id_hash(id: &[u8]) -> String {
 }
 
 impl Sessions {
-    pub fn new(key: SessionKey, repo: Addr<Repository>, ttl: Duration) -> Self {
-        Self { key, repo, ttl }
+    pub fn new(
+        key: SessionKey,
+        repo: Addr<Repository>,
+        reader: Addr<Reader>,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            key,
+            repo,
+            reader,
+            ttl,
+        }
     }
 
     /// Starts a session for `principal`; returns the cookie to set.
@@ -115,7 +127,7 @@ impl Sessions {
             return Ok(None);
         };
         let row = self
-            .repo
+            .reader
             .send(GetSession {
                 id_hash: id_hash(&id),
             })

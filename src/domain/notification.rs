@@ -42,6 +42,35 @@ impl NotificationStatus {
     }
 }
 
+impl NotificationStatus {
+    /// The statuses a message in this status may move to. A message is claimed
+    /// (`queued` -> `sending`), sent or given back for a retry (`sending` -> `sent` |
+    /// `queued` | `failed`), and moved by the provider's delivery report (`sent` ->
+    /// `delivered` | `failed`). `sending` -> `sending` is a claim taken over after the
+    /// previous sender's lease ran out. `delivered` and `failed` are final.
+    pub fn next(self) -> &'static [Self] {
+        match self {
+            Self::Queued => &[Self::Sending],
+            Self::Sending => &[Self::Sending, Self::Sent, Self::Queued, Self::Failed],
+            Self::Sent => &[Self::Delivered, Self::Failed],
+            Self::Delivered | Self::Failed => &[],
+        }
+    }
+
+    pub fn transition(self, to: Self) -> Result<(), String> {
+        if self.next().contains(&to) {
+            Ok(())
+        } else {
+            Err(format!("a {self} message cannot become {to}"))
+        }
+    }
+
+    /// Final: nothing moves it any more.
+    pub fn is_final(self) -> bool {
+        self.next().is_empty()
+    }
+}
+
 impl fmt::Display for NotificationStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -139,6 +168,28 @@ impl Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_transitions_whole_matrix() {
+        use NotificationStatus::*;
+        let allowed = [
+            (Queued, Sending),
+            (Sending, Sending),
+            (Sending, Sent),
+            (Sending, Queued),
+            (Sending, Failed),
+            (Sent, Delivered),
+            (Sent, Failed),
+        ];
+        for from in NotificationStatus::ALL {
+            for to in NotificationStatus::ALL {
+                let expect = allowed.contains(&(from, to));
+                assert_eq!(from.transition(to).is_ok(), expect, "{from} -> {to}");
+            }
+        }
+        assert!(Delivered.is_final() && Failed.is_final());
+        assert!(!Queued.is_final() && !Sending.is_final() && !Sent.is_final());
+    }
 
     #[test]
     fn templates_render_known_placeholders() {

@@ -9,10 +9,10 @@ use super::{AppState, created, idempotency_key, ok, write};
 use crate::auth::Principal;
 use crate::domain::customer::{CustomerCode, CustomerPatch, NewCustomer, parse_email, parse_name};
 use crate::domain::phone::Phone;
+use crate::store::ops::WriteOp;
+use crate::store::reader::{GetCustomer, ListCustomers, ListOrders};
 use crate::store::reads::OrderFilter;
-use crate::store::repository::{GetCustomer, ListCustomers, ListOrders};
 use crate::store::views::{CustomerView, OrderView, Page};
-use crate::store::writes::WriteOp;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -87,7 +87,7 @@ async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRespon
         q: params.text("q")?,
         page: params.page()?,
     };
-    ok(state.repo.send(msg).await??)
+    ok(state.reader.send(msg).await??)
 }
 
 /// Creates a customer.
@@ -137,7 +137,7 @@ async fn create(
     ))]
 async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id, "customer")?;
-    ok(state.repo.send(GetCustomer { id }).await??)
+    ok(state.reader.send(GetCustomer { id }).await??)
 }
 
 /// Changes the given fields of a customer.
@@ -196,10 +196,10 @@ async fn orders(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id, "customer")?;
     let page = Params::of(&req).page()?;
-    state.repo.send(GetCustomer { id }).await??;
+    state.reader.send(GetCustomer { id }).await??;
     let filter = OrderFilter {
         customer_id: Some(id),
         ..OrderFilter::default()
     };
-    ok(state.repo.send(ListOrders { filter, page }).await??)
+    ok(state.reader.send(ListOrders { filter, page }).await??)
 }

@@ -2,7 +2,7 @@
 
 use super::AppState;
 use super::problem::ApiError;
-use crate::store::repository::Ping;
+use crate::store::reader::Ping;
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use std::time::Duration;
@@ -54,7 +54,7 @@ pub async fn healthz() -> HttpResponse {
 )]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state
-        .repo
+        .reader
         .send(Ping {
             timeout: READY_TIMEOUT,
         })

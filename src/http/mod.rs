@@ -14,9 +14,9 @@ pub mod webhooks;
 use crate::auth::{self, Principal};
 use crate::domain::money::Currency;
 use crate::domain::phone::Region;
-use crate::store::Repository;
+use crate::store::ops::{IdemKey, WriteOp, WriteReply};
 use crate::store::repository::Write;
-use crate::store::writes::{IdemKey, WriteOp, WriteReply};
+use crate::store::{Reader, Repository};
 use actix::Addr;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -31,9 +31,12 @@ use serde::Serialize;
 use std::time::Instant;
 use tracing::Instrument;
 
-/// What handlers share.
+/// What handlers share. Each HTTP worker has its own (see `lib.rs`): the writer is one
+/// for all, the reader is the worker's own.
+#[derive(Clone)]
 pub struct AppState {
     pub repo: Addr<Repository>,
+    pub reader: Addr<Reader>,
     pub region: Region,
     pub currency: Currency,
 }
@@ -185,7 +188,10 @@ fn body_of(status: StatusCode, reply: WriteReply) -> Result<(StatusCode, String)
         WriteReply::Customer(c) => (status, json(serde_json::to_string(&c))?),
         WriteReply::Order(o) => (status, json(serde_json::to_string(&o))?),
         WriteReply::Notification(n) => (status, json(serde_json::to_string(&n))?),
-        WriteReply::Deleted | WriteReply::Done => (StatusCode::NO_CONTENT, String::new()),
+        WriteReply::Deleted
+        | WriteReply::Done
+        | WriteReply::Claimed(_)
+        | WriteReply::Recorded(_) => (StatusCode::NO_CONTENT, String::new()),
         WriteReply::Replay { status, body } => (
             StatusCode::from_u16(status).map_err(|e| ApiError::Internal(e.to_string()))?,
             body,

@@ -14,10 +14,10 @@ use crate::domain::order::{
     CustomerRef, ITEM_MAX, NewOrder, OrderPatch, OrderStatus, parse_quantity,
 };
 use crate::domain::time::DateBound;
+use crate::store::ops::WriteOp;
+use crate::store::reader::{GetOrder, ListNotifications, ListOrders};
 use crate::store::reads::{NotificationFilter, OrderFilter};
-use crate::store::repository::{GetOrder, ListNotifications, ListOrders};
 use crate::store::views::{NotificationView, OrderView, Page};
-use crate::store::writes::WriteOp;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -160,7 +160,7 @@ async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRespon
         end,
     };
     let page = params.page()?;
-    ok(state.repo.send(ListOrders { filter, page }).await??)
+    ok(state.reader.send(ListOrders { filter, page }).await??)
 }
 
 /// Creates an order, queues its SMS and publishes `order.created`, all or nothing.
@@ -235,7 +235,7 @@ async fn create(
     ))]
 async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id, "order")?;
-    ok(state.repo.send(GetOrder { id }).await??)
+    ok(state.reader.send(GetOrder { id }).await??)
 }
 
 /// Changes the given fields of an order; `status` follows the transition rules.
@@ -293,13 +293,13 @@ async fn notifications(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id, "order")?;
     let page = Params::of(&req).page()?;
-    state.repo.send(GetOrder { id }).await??;
+    state.reader.send(GetOrder { id }).await??;
     let filter = NotificationFilter {
         order_id: Some(id),
         ..NotificationFilter::default()
     };
     ok(state
-        .repo
+        .reader
         .send(ListNotifications { filter, page })
         .await??)
 }
@@ -334,7 +334,7 @@ async fn all_notifications(
     };
     let page = params.page()?;
     ok(state
-        .repo
+        .reader
         .send(ListNotifications { filter, page })
         .await??)
 }

@@ -8,7 +8,7 @@ use super::AppState;
 use super::problem::ApiError;
 use crate::domain::FieldErrors;
 use crate::store::StoreError;
-use crate::store::writes::{DeliveryOutcome, WriteOp};
+use crate::store::ops::{DeliveryOutcome, WriteOp};
 use actix_web::{HttpRequest, HttpResponse, web};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

@@ -9,9 +9,7 @@ use super::session::{Deliver, Overflow, WsSession};
 use super::{ConnHandle, LiveStats};
 use crate::domain::event::{Event, EventType};
 use crate::domain::time::Timestamp;
-use crate::store::Repository;
-use crate::store::repository::PruneEvents;
-use crate::store::writes::Committed;
+use crate::store::repository::EventsCommitted;
 use actix::prelude::*;
 use bytestring::ByteString;
 use std::collections::{HashMap, VecDeque};
@@ -143,7 +141,6 @@ struct Member {
 
 pub struct Hub {
     cfg: HubConfig,
-    repo: Addr<Repository>,
     latest: i64,
     recent: VecDeque<EventFrame>,
     members: HashMap<u64, Member>,
@@ -154,10 +151,9 @@ pub struct Hub {
 
 impl Hub {
     /// `latest` is the last `seq` committed before the hub was registered as a listener.
-    pub fn new(cfg: HubConfig, repo: Addr<Repository>, latest: i64, stats: Arc<LiveStats>) -> Self {
+    pub fn new(cfg: HubConfig, latest: i64, stats: Arc<LiveStats>) -> Self {
         Self {
             cfg,
-            repo,
             latest,
             recent: VecDeque::new(),
             members: HashMap::new(),
@@ -254,22 +250,14 @@ impl Hub {
         self.count();
     }
 
-    fn prune(&mut self, ctx: &mut Context<Self>) {
+    /// Drops frames past the retention window from the ring (the log itself is pruned by
+    /// the store's maintenance pass).
+    fn prune(&mut self) {
         let retention = i64::try_from(self.cfg.retention.as_millis()).unwrap_or(i64::MAX);
         let before = Timestamp::now().plus_millis(-retention);
         while self.recent.len() > 1 && self.recent.front().is_some_and(|f| f.at < before) {
             self.recent.pop_front();
         }
-        self.repo
-            .send(PruneEvents { before })
-            .into_actor(self)
-            .map(|result, _, _| match result {
-                Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "old events pruned"),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "could not prune old events"),
-                Err(e) => tracing::warn!(error = %e, "could not prune old events"),
-            })
-            .spawn(ctx);
     }
 }
 
@@ -281,7 +269,7 @@ impl Actor for Hub {
         // (usize::MAX would overflow in actix when an address is cloned.)
         ctx.set_mailbox_capacity(crate::store::repository::UNBOUNDED_MAILBOX);
         ctx.run_interval(self.cfg.ping_interval, |act, _| act.watchdog());
-        ctx.run_interval(PRUNE_EVERY, |act, ctx| act.prune(ctx));
+        ctx.run_interval(PRUNE_EVERY, |act, _| act.prune());
     }
 }
 
@@ -301,11 +289,11 @@ impl Handler<Shutdown> for Hub {
     }
 }
 
-impl Handler<Committed> for Hub {
+impl Handler<EventsCommitted> for Hub {
     type Result = ();
 
-    fn handle(&mut self, msg: Committed, _: &mut Self::Context) {
-        for event in &msg.events {
+    fn handle(&mut self, msg: EventsCommitted, _: &mut Self::Context) {
+        for event in msg.0.iter() {
             match EventFrame::of(event) {
                 Ok(frame) => self.publish(frame),
                 Err(e) => tracing::error!(seq = event.seq, error = %e, "event not serialisable"),

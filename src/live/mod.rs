@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::http::params::Params;
 use crate::http::problem::ApiError;
 use crate::store::Repository;
+use crate::store::repository::ListenEvents;
 use actix::{Actor, Addr};
 use actix_web::dev::Extensions;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -54,15 +55,15 @@ impl LiveStats {
 pub struct Live {
     pub hub: Addr<Hub>,
     pub stats: Arc<LiveStats>,
-    repo: Addr<Repository>,
     session: SessionConfig,
     next_id: Arc<AtomicU64>,
 }
 
 impl Live {
-    /// Starts the hub and registers it for committed events. Call it before anything else
-    /// can write, with `latest` read from the database, so that no commit falls between.
-    pub fn start(settings: &Settings, repo: Addr<Repository>, latest: i64) -> Self {
+    /// Starts the hub (on an arbiter of its own) and registers it for committed events.
+    /// Call it before anything else can write, with `latest` read from the database, so
+    /// that no commit falls between.
+    pub fn start(settings: &Settings, repo: &Addr<Repository>, latest: i64) -> Self {
         let live = &settings.live;
         let ping_interval = Duration::from_secs(live.ping_interval_secs);
         let idle_timeout = Duration::from_secs(live.idle_timeout_secs);
@@ -74,12 +75,12 @@ impl Live {
             idle_timeout,
             retention: retention(settings),
         };
-        let hub = Hub::new(cfg, repo.clone(), latest, stats.clone()).start();
-        repo.do_send(crate::store::repository::Listen(hub.clone().recipient()));
+        let hub = Hub::new(cfg, latest, stats.clone());
+        let hub = Hub::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| hub);
+        repo.do_send(ListenEvents(hub.clone().recipient()));
         Self {
             hub,
             stats,
-            repo,
             session: SessionConfig {
                 ping_interval,
                 idle_timeout,
@@ -119,6 +120,7 @@ pub async fn upgrade(
     req: HttpRequest,
     stream: web::Payload,
     live: web::Data<Live>,
+    state: web::Data<crate::http::AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let params = Params::of(&req);
     let since = params.parse("since", |v| {
@@ -139,7 +141,7 @@ pub async fn upgrade(
     let session = WsSession::new(
         id,
         live.hub.clone(),
-        live.repo.clone(),
+        state.reader.clone(),
         filter,
         since,
         link,

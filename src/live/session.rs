@@ -8,8 +8,8 @@
 
 use super::filter::TypeFilter;
 use super::hub::{EventFrame, Hub, Link, Start, Subscribe, SubscribeReply, Unsubscribe};
-use crate::store::Repository;
-use crate::store::repository::EventsAfter;
+use crate::store::Reader;
+use crate::store::reader::EventsAfter;
 use actix::prelude::*;
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use std::sync::Arc;
@@ -50,7 +50,7 @@ impl Drop for Membership {
 pub struct WsSession {
     id: u64,
     hub: Addr<Hub>,
-    repo: Addr<Repository>,
+    reader: Addr<Reader>,
     filter: TypeFilter,
     since: Option<i64>,
     link: Arc<Link>,
@@ -62,7 +62,7 @@ impl WsSession {
     pub fn new(
         id: u64,
         hub: Addr<Hub>,
-        repo: Addr<Repository>,
+        reader: Addr<Reader>,
         filter: TypeFilter,
         since: Option<i64>,
         link: Arc<Link>,
@@ -71,7 +71,7 @@ impl WsSession {
         Self {
             id,
             hub,
-            repo,
+            reader,
             filter,
             since,
             link,
@@ -107,7 +107,7 @@ impl WsSession {
             limit: REPLAY_PAGE,
         };
         let page = self
-            .repo
+            .reader
             .send(query)
             .into_actor(self)
             .map(move |result, act, ctx| {

@@ -1,33 +1,35 @@
 //! The SmsDispatcher actor drains the outbox: `queued` notification rows, written in the
 //! same transaction as the order they are about.
 //!
-//! It learns of new rows from the Repository after each commit (`Committed.queued`) and, at
-//! start and every `SWEEP_EVERY`, from the table itself: `queued` rows that are due and
-//! `sending` rows whose lease expired (their sender crashed). So a crash loses nothing; at
-//! worst a message whose sender died mid-request is sent again after its lease.
+//! It learns of new rows from the Repository after each commit (`SmsQueued`: id, phone and
+//! due time, so nothing is read back) and, at start and every `SWEEP_EVERY`, from the table
+//! itself: `queued` rows that are due and `sending` rows whose lease expired (their sender
+//! crashed). So a crash loses nothing; at worst a message whose sender died mid-request is
+//! sent again after its lease.
 //!
-//! Each send is a spawned future (at most `sms.concurrency` at once): wait for the global
-//! rate limiter, claim the row through the write path (queued -> sending, with a lease),
-//! call the provider outside any transaction, record the outcome through the write path.
-//! The per-recipient limit is checked before a send starts, so a customer over the limit
-//! waits without holding a slot that other customers' messages could use.
+//! The bookkeeping is done in bulk, so that SMS never competes with order taking for the
+//! single writer: messages that may go now (the per-recipient and global limits allow
+//! them, and at most `sms.concurrency` are in hand) are claimed with one write; each is
+//! handed to the provider outside any transaction; the outcomes that have come back are
+//! recorded with one write. While a claim or a record write is in flight, the next ones
+//! gather, so the number of writes per message falls as the load rises.
 
 use super::{SendError, SmsProvider};
 use crate::config::Sms;
 use crate::domain::phone::mask;
 use crate::domain::time::Timestamp;
-use crate::store::reads::DueNotification;
-use crate::store::repository::{DueNotifications, Write};
-use crate::store::writes::{Committed, SendOutcome, WriteOp, WriteReply};
-use crate::store::{Repository, StoreError};
+use crate::store::batch::QueuedSms;
+use crate::store::ops::{ClaimedSms, SendOutcome, SendRecord, WriteOp, WriteReply};
+use crate::store::reader::DueNotifications;
+use crate::store::repository::{SmsQueued, Write};
+use crate::store::{Reader, Repository, StoreError};
 use actix::prelude::*;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rand::Rng;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -40,6 +42,9 @@ const MAX_TRACKED: usize = 10_000;
 const SWEEP_LIMIT: usize = 1_000;
 /// How often idle per-recipient limiter entries are dropped.
 const RETAIN_EVERY: Duration = Duration::from_secs(60);
+/// Attempts at recording outcomes while the database is unavailable; after that the
+/// messages are sent again once their lease runs out.
+const RECORD_TRIES: u32 = 6;
 
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
@@ -90,23 +95,40 @@ fn nonzero(n: u32) -> NonZeroU32 {
 
 pub struct SmsDispatcher {
     repo: Addr<Repository>,
+    reader: Addr<Reader>,
     provider: Arc<dyn SmsProvider>,
     cfg: Arc<DispatchConfig>,
-    global: Arc<DefaultDirectRateLimiter>,
+    global: DefaultDirectRateLimiter,
     per_recipient: DefaultKeyedRateLimiter<String>,
     /// Due now, in order.
-    ready: VecDeque<DueNotification>,
-    /// Every message this dispatcher holds: ready, waiting for its time, or being sent.
+    ready: VecDeque<QueuedSms>,
+    /// Every message this dispatcher holds: ready, waiting for its time, or in hand.
     known: HashSet<Uuid>,
+    /// Messages being claimed, sent, or waiting for their outcome to be recorded.
     in_flight: usize,
+    claiming: bool,
+    /// A later `pump` is already scheduled (the global limit said to wait).
+    pump_later: bool,
+    /// Outcomes waiting to be recorded, with what to do with each message afterwards.
+    outcomes: Vec<Sent>,
+    recording: bool,
+    record_failures: u32,
     sweeping: bool,
-    stopping: Arc<AtomicBool>,
+    stopping: bool,
     drained: Vec<oneshot::Sender<()>>,
+}
+
+/// A send attempt that came back, waiting to be recorded.
+struct Sent {
+    due: QueuedSms,
+    record: SendRecord,
+    next: Next,
 }
 
 impl SmsDispatcher {
     pub fn new(
         repo: Addr<Repository>,
+        reader: Addr<Reader>,
         provider: Arc<dyn SmsProvider>,
         cfg: DispatchConfig,
     ) -> Self {
@@ -115,32 +137,34 @@ impl SmsDispatcher {
         let per_recipient = Quota::per_minute(nonzero(cfg.per_recipient_per_minute));
         Self {
             repo,
+            reader,
             provider,
             cfg: Arc::new(cfg),
-            global: Arc::new(RateLimiter::direct(global)),
+            global: RateLimiter::direct(global),
             per_recipient: RateLimiter::keyed(per_recipient),
             ready: VecDeque::new(),
             known: HashSet::new(),
             in_flight: 0,
+            claiming: false,
+            pump_later: false,
+            outcomes: Vec::new(),
+            recording: false,
+            record_failures: 0,
             sweeping: false,
-            stopping: Arc::new(AtomicBool::new(false)),
+            stopping: false,
             drained: Vec::new(),
         }
     }
 
-    fn is_draining(&self) -> bool {
-        self.stopping.load(Ordering::Relaxed)
-    }
-
     /// Takes a message in hand unless it is already held (or too many are).
-    fn track(&mut self, due: DueNotification, ctx: &mut Context<Self>) {
+    fn track(&mut self, due: QueuedSms, ctx: &mut Context<Self>) {
         if self.known.len() >= MAX_TRACKED || !self.known.insert(due.id) {
             return;
         }
         self.schedule(due, ctx);
     }
 
-    fn schedule(&mut self, due: DueNotification, ctx: &mut Context<Self>) {
+    fn schedule(&mut self, due: QueuedSms, ctx: &mut Context<Self>) {
         let wait = due.not_before - Timestamp::now().millis();
         match u64::try_from(wait) {
             Ok(ms) if ms > 0 => {
@@ -153,58 +177,189 @@ impl SmsDispatcher {
         }
     }
 
-    /// Starts sends while there are free slots and messages whose recipient may get one.
+    fn forget(&mut self, id: Uuid) {
+        self.known.remove(&id);
+    }
+
+    /// Claims, with one write, every ready message that may go now.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        while self.in_flight < self.cfg.concurrency && !self.is_draining() {
+        if self.claiming || self.stopping {
+            return;
+        }
+        let mut take = Vec::new();
+        while self.in_flight + take.len() < self.cfg.concurrency {
             let Some(due) = self.ready.pop_front() else {
                 break;
             };
             if let Err(not_until) = self.per_recipient.check_key(&due.phone) {
                 let wait = not_until.wait_time_from(self.per_recipient.clock().now());
                 let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-                let due = DueNotification {
+                let due = QueuedSms {
                     not_before: Timestamp::now().millis().saturating_add(wait_ms.max(1)),
                     ..due
                 };
                 self.schedule(due, ctx);
                 continue;
             }
-            self.in_flight += 1;
-            let job = Job {
-                repo: self.repo.clone(),
-                provider: self.provider.clone(),
-                cfg: self.cfg.clone(),
-                global: self.global.clone(),
-                stopping: self.stopping.clone(),
-            };
-            ctx.spawn(
-                async move { job.run(due.id).await }
-                    .into_actor(self)
-                    .map(move |next, act, ctx| act.finished(due, next, ctx)),
-            );
+            if let Err(not_until) = self.global.check() {
+                self.ready.push_front(due);
+                if !self.pump_later {
+                    self.pump_later = true;
+                    let wait = not_until.wait_time_from(self.global.clock().now());
+                    ctx.run_later(wait.max(Duration::from_millis(1)), |act, ctx| {
+                        act.pump_later = false;
+                        act.pump(ctx);
+                    });
+                }
+                break;
+            }
+            take.push(due);
         }
+        if take.is_empty() {
+            return;
+        }
+        self.claiming = true;
+        self.in_flight += take.len();
+        let claim = WriteOp::ClaimSms {
+            ids: take.iter().map(|d| d.id).collect(),
+            lease_until: later(self.cfg.lease),
+        };
+        ctx.spawn(
+            self.repo
+                .send(Write(claim))
+                .into_actor(self)
+                .map(move |claimed, act, ctx| act.claimed(take, claimed, ctx)),
+        );
     }
 
-    fn finished(&mut self, due: DueNotification, next: Next, ctx: &mut Context<Self>) {
-        self.in_flight -= 1;
-        match next {
-            Next::Forget => {
-                self.known.remove(&due.id);
+    fn claimed(
+        &mut self,
+        asked: Vec<QueuedSms>,
+        claimed: Result<Result<WriteReply, StoreError>, MailboxError>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.claiming = false;
+        match claimed {
+            Ok(Ok(WriteReply::Claimed(claimed))) => {
+                let mut by_id: HashMap<Uuid, ClaimedSms> =
+                    claimed.into_iter().map(|c| (c.id, c)).collect();
+                for due in asked {
+                    match by_id.remove(&due.id) {
+                        Some(sms) => self.send(due, sms, ctx),
+                        // Another sender has it, it was sent, failed or is gone.
+                        None => {
+                            self.in_flight -= 1;
+                            self.forget(due.id);
+                        }
+                    }
+                }
             }
-            Next::At(at) => self.schedule(
-                DueNotification {
-                    not_before: at.millis(),
-                    ..due
-                },
-                ctx,
-            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, count = asked.len(), "cannot claim SMS; retrying later");
+                for due in asked {
+                    self.in_flight -= 1;
+                    let not_before = later(self.cfg.retry_base).millis();
+                    self.schedule(QueuedSms { not_before, ..due }, ctx);
+                }
+            }
+            Ok(Ok(_)) | Err(_) => {
+                for due in asked {
+                    self.in_flight -= 1;
+                    self.forget(due.id);
+                }
+            }
         }
-        if self.is_draining() && self.in_flight == 0 {
+        self.after_change(ctx);
+    }
+
+    /// One provider call, outside the actor.
+    fn send(&mut self, due: QueuedSms, sms: ClaimedSms, ctx: &mut Context<Self>) {
+        let provider = self.provider.clone();
+        let cfg = self.cfg.clone();
+        ctx.spawn(
+            async move { attempt(&*provider, &cfg, &sms).await }
+                .into_actor(self)
+                .map(move |(record, next), act, ctx| {
+                    act.outcomes.push(Sent { due, record, next });
+                    act.record(ctx);
+                }),
+        );
+    }
+
+    /// Records, with one write, every outcome that has come back.
+    fn record(&mut self, ctx: &mut Context<Self>) {
+        if self.recording || self.outcomes.is_empty() {
+            return;
+        }
+        self.recording = true;
+        let sent = std::mem::take(&mut self.outcomes);
+        let op = WriteOp::RecordSends(sent.iter().map(|s| s.record.clone()).collect());
+        ctx.spawn(
+            self.repo
+                .send(Write(op))
+                .into_actor(self)
+                .map(move |recorded, act, ctx| act.recorded(sent, recorded, ctx)),
+        );
+    }
+
+    fn recorded(
+        &mut self,
+        sent: Vec<Sent>,
+        recorded: Result<Result<WriteReply, StoreError>, MailboxError>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.recording = false;
+        let stored: HashSet<Uuid> = match recorded {
+            Ok(Ok(WriteReply::Recorded(ids))) => ids.into_iter().collect(),
+            Ok(Err(e)) if e.is_infrastructure() && self.record_failures + 1 < RECORD_TRIES => {
+                // The leases keep other senders away meanwhile.
+                self.record_failures += 1;
+                tracing::warn!(error = %e, count = sent.len(), "cannot record SMS outcomes yet");
+                let mut sent = sent;
+                sent.append(&mut self.outcomes);
+                self.outcomes = sent;
+                let pause = Duration::from_millis(200) * (1 << self.record_failures);
+                ctx.run_later(pause, |act, ctx| act.record(ctx));
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, count = sent.len(),
+                    "SMS outcomes lost; those messages are sent again after their lease");
+                HashSet::new()
+            }
+            Ok(Ok(_)) | Err(_) => HashSet::new(),
+        };
+        self.record_failures = 0;
+        for Sent { due, record, next } in sent {
+            self.in_flight -= 1;
+            if !stored.contains(&record.id) {
+                tracing::warn!(notification = %record.id,
+                    "SMS outcome not recorded: the message no longer held this claim");
+                self.forget(due.id);
+                continue;
+            }
+            match next {
+                Next::Forget => self.forget(due.id),
+                Next::At(at) => self.schedule(
+                    QueuedSms {
+                        not_before: at.millis(),
+                        ..due
+                    },
+                    ctx,
+                ),
+            }
+        }
+        self.after_change(ctx);
+    }
+
+    fn after_change(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping && self.in_flight == 0 {
             for tx in self.drained.drain(..) {
                 let _ = tx.send(());
             }
         }
         self.pump(ctx);
+        self.record(ctx);
     }
 
     /// Loads what the table holds for us: due messages and abandoned sends.
@@ -212,44 +367,39 @@ impl SmsDispatcher {
         let room = MAX_TRACKED
             .saturating_sub(self.known.len())
             .min(SWEEP_LIMIT);
-        if self.sweeping || self.is_draining() || room == 0 {
+        if self.sweeping || self.stopping || room == 0 {
             return;
         }
         self.sweeping = true;
         let now = Timestamp::now();
         let query = DueNotifications {
-            ids: None,
             now,
             horizon: now.plus_millis(i64::try_from(SWEEP_EVERY.as_millis()).unwrap_or(0)),
             limit: room as u64,
         };
         ctx.spawn(
-            self.repo
+            self.reader
                 .send(query)
                 .into_actor(self)
                 .map(|found, act, ctx| {
                     act.sweeping = false;
-                    act.take(found, ctx);
+                    match found {
+                        Ok(Ok(rows)) => {
+                            for due in rows {
+                                act.track(due, ctx);
+                            }
+                            act.pump(ctx);
+                        }
+                        // Still in the table: the next sweep finds them.
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "cannot load SMS to send; retrying later")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot load SMS to send; retrying later")
+                        }
+                    }
                 }),
         );
-    }
-
-    fn take(
-        &mut self,
-        found: Result<Result<Vec<DueNotification>, StoreError>, MailboxError>,
-        ctx: &mut Context<Self>,
-    ) {
-        match found {
-            Ok(Ok(rows)) => {
-                for due in rows {
-                    self.track(due, ctx);
-                }
-                self.pump(ctx);
-            }
-            // Still in the table: the next sweep finds them.
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot load SMS to send; retrying later"),
-            Err(e) => tracing::warn!(error = %e, "cannot load SMS to send; retrying later"),
-        }
     }
 }
 
@@ -267,31 +417,22 @@ impl Actor for SmsDispatcher {
     }
 }
 
-impl Handler<Committed> for SmsDispatcher {
+impl Handler<SmsQueued> for SmsDispatcher {
     type Result = ();
 
-    fn handle(&mut self, msg: Committed, ctx: &mut Self::Context) {
-        if msg.queued.is_empty() || self.is_draining() || self.known.len() >= MAX_TRACKED {
+    fn handle(&mut self, msg: SmsQueued, ctx: &mut Self::Context) {
+        if self.stopping {
             return;
         }
-        let now = Timestamp::now();
-        let query = DueNotifications {
-            limit: msg.queued.len() as u64,
-            ids: Some(msg.queued),
-            now,
-            horizon: now,
-        };
-        ctx.spawn(
-            self.repo
-                .send(query)
-                .into_actor(self)
-                .map(|found, act, ctx| act.take(found, ctx)),
-        );
+        for due in msg.0 {
+            self.track(due, ctx);
+        }
+        self.pump(ctx);
     }
 }
 
-/// Stop starting sends and answer once the sends in flight have finished; what is still
-/// queued stays in the table for the next start.
+/// Stop starting sends and answer once the sends in flight have finished and their
+/// outcomes are recorded; what is still queued stays in the table for the next start.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Drain;
@@ -300,7 +441,7 @@ impl Handler<Drain> for SmsDispatcher {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Drain, _: &mut Self::Context) -> Self::Result {
-        self.stopping.store(true, Ordering::Relaxed);
+        self.stopping = true;
         self.ready.clear();
         if self.in_flight == 0 {
             return Box::pin(async {});
@@ -315,116 +456,65 @@ impl Handler<Drain> for SmsDispatcher {
 
 /// What to do with a message after a send attempt.
 enum Next {
-    /// Done with it (sent, failed, taken by another sender, or gone).
+    /// Done with it (sent or failed).
     Forget,
     /// Try again at this time.
     At(Timestamp),
-}
-
-/// One send, outside the actor.
-struct Job {
-    repo: Addr<Repository>,
-    provider: Arc<dyn SmsProvider>,
-    cfg: Arc<DispatchConfig>,
-    global: Arc<DefaultDirectRateLimiter>,
-    stopping: Arc<AtomicBool>,
 }
 
 fn later(d: Duration) -> Timestamp {
     Timestamp::now().plus_millis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-impl Job {
-    async fn run(self, id: Uuid) -> Next {
-        self.global.until_ready().await;
-        if self.stopping.load(Ordering::Relaxed) {
-            return Next::Forget;
-        }
-        let claim = WriteOp::ClaimNotification {
-            id,
-            lease_until: later(self.cfg.lease),
-        };
-        let n = match self.repo.send(Write(claim)).await {
-            Ok(Ok(WriteReply::Notification(n))) => n,
-            Ok(Err(StoreError::Conflict(_) | StoreError::NotFound(_))) | Ok(Ok(_)) => {
-                return Next::Forget;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(notification = %id, error = %e, "cannot claim an SMS; retrying later");
-                return Next::At(later(self.cfg.retry_base));
-            }
-            Err(_) => return Next::Forget,
-        };
-        let attempts = u32::try_from(n.attempts).unwrap_or(u32::MAX);
-        let to = mask(&n.phone);
-        let provider = self.provider.name();
-        let (outcome, next) = match self.provider.send(&n.phone, &n.message).await {
-            Ok(accepted) => {
-                tracing::info!(notification = %id, %to, provider, attempts,
-                    provider_message_id = %accepted.message_id, "SMS sent");
-                let outcome = SendOutcome::Sent {
-                    provider_message_id: accepted.message_id,
-                    cost: accepted.cost,
-                };
-                (outcome, Next::Forget)
-            }
-            Err(SendError::Permanent(error)) => {
-                tracing::warn!(notification = %id, %to, provider, attempts, %error, "SMS failed");
-                (SendOutcome::Failed { error }, Next::Forget)
-            }
-            Err(SendError::Retry(error)) if attempts >= self.cfg.max_attempts => {
-                tracing::warn!(notification = %id, %to, provider, attempts, %error,
-                    "SMS failed; no attempts left");
-                let error = format!("{error} (gave up after {attempts} attempts)");
-                (SendOutcome::Failed { error }, Next::Forget)
-            }
-            Err(SendError::Retry(error)) => {
-                let at = later(self.cfg.backoff(attempts));
-                tracing::info!(notification = %id, %to, provider, attempts, %error,
-                    retry_at = %at.to_rfc3339(), "SMS not sent; will retry");
-                (
-                    SendOutcome::Retry {
-                        error,
-                        next_attempt_at: at,
-                    },
-                    Next::At(at),
-                )
-            }
-        };
-        if self.record(id, outcome).await {
-            next
-        } else {
-            Next::Forget
-        }
-    }
-
-    /// Persists an outcome, retrying while the database is unavailable; the lease keeps
-    /// other senders away meanwhile. `false` when it could not be recorded (the message is
-    /// then sent again once its lease expires).
-    async fn record(&self, id: Uuid, outcome: SendOutcome) -> bool {
-        let mut pause = Duration::from_millis(200);
-        for _ in 0..6 {
-            let op = WriteOp::RecordSend {
-                id,
-                outcome: outcome.clone(),
+/// One provider call for a claimed message, and what it came to.
+async fn attempt(
+    provider: &dyn SmsProvider,
+    cfg: &DispatchConfig,
+    sms: &ClaimedSms,
+) -> (SendRecord, Next) {
+    let id = sms.id;
+    let attempts = u32::try_from(sms.attempts).unwrap_or(u32::MAX);
+    let to = mask(&sms.phone);
+    let name = provider.name();
+    let (outcome, next) = match provider.send(&sms.phone, &sms.message).await {
+        Ok(accepted) => {
+            tracing::info!(notification = %id, %to, provider = name, attempts,
+                provider_message_id = %accepted.message_id, "SMS sent");
+            let outcome = SendOutcome::Sent {
+                provider_message_id: accepted.message_id,
+                cost: accepted.cost,
             };
-            match self.repo.send(Write(op)).await {
-                Ok(Ok(_)) => return true,
-                Ok(Err(e)) if !e.is_infrastructure() => {
-                    tracing::warn!(notification = %id, error = %e, "SMS outcome not recorded");
-                    return false;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(notification = %id, error = %e, "cannot record an SMS outcome yet");
-                }
-                Err(_) => return false,
-            }
-            tokio::time::sleep(pause).await;
-            pause *= 2;
+            (outcome, Next::Forget)
         }
-        tracing::error!(notification = %id, "SMS outcome lost; it is sent again after its lease");
-        false
-    }
+        Err(SendError::Permanent(error)) => {
+            tracing::warn!(notification = %id, %to, provider = name, attempts, %error, "SMS failed");
+            (SendOutcome::Failed { error }, Next::Forget)
+        }
+        Err(SendError::Retry(error)) if attempts >= cfg.max_attempts => {
+            tracing::warn!(notification = %id, %to, provider = name, attempts, %error,
+                "SMS failed; no attempts left");
+            let error = format!("{error} (gave up after {attempts} attempts)");
+            (SendOutcome::Failed { error }, Next::Forget)
+        }
+        Err(SendError::Retry(error)) => {
+            let at = later(cfg.backoff(attempts));
+            tracing::info!(notification = %id, %to, provider = name, attempts, %error,
+                retry_at = %at.to_rfc3339(), "SMS not sent; will retry");
+            (
+                SendOutcome::Retry {
+                    error,
+                    next_attempt_at: at,
+                },
+                Next::At(at),
+            )
+        }
+    };
+    let record = SendRecord {
+        id,
+        lease_until: sms.lease_until,
+        outcome,
+    };
+    (record, next)
 }
 
 #[cfg(test)]

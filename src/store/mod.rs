@@ -1,13 +1,18 @@
 //! Storage: the sea-orm connection, migrations and the Repository actor that owns them.
 
+pub mod batch;
 pub mod entities;
 pub mod error;
+mod idempotency;
+pub mod maintenance;
+pub mod ops;
+pub mod reader;
 pub mod reads;
 pub mod repository;
 pub mod views;
-pub mod writes;
 
 pub use error::StoreError;
+pub use reader::Reader;
 pub use repository::Repository;
 
 use crate::config::Database as DbSettings;

@@ -1,5 +1,6 @@
 //! Queries: lists are keyset-paginated on the UUID v7 id, newest first.
 
+use super::batch::QueuedSms;
 use super::entities::{customer, event, notification, order};
 use super::error::StoreError;
 use super::views::{CustomerView, NotificationView, OrderView, Page};
@@ -278,40 +279,26 @@ pub async fn list_notifications(
     ))
 }
 
-/// A message the SMS dispatcher should send, not before `not_before` (epoch ms).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DueNotification {
-    pub id: Uuid,
-    pub phone: String,
-    pub not_before: i64,
-}
-
-/// Messages to send: those among `ids` that are `queued`, or (without `ids`) every
-/// `queued` message due by `horizon` and every `sending` one whose lease ended before
-/// `now` (its sender crashed). Oldest first, at most `limit`.
+/// Messages to send: every `queued` message due by `horizon` and every `sending` one
+/// whose lease ended before `now` (its sender stopped). Oldest first, at most `limit`.
 pub async fn due_notifications(
     db: &impl ConnectionTrait,
-    ids: Option<Vec<Uuid>>,
     now: Timestamp,
     horizon: Timestamp,
     limit: u64,
-) -> Result<Vec<DueNotification>, StoreError> {
+) -> Result<Vec<QueuedSms>, StoreError> {
     use notification::Column as C;
-    let queued = C::Status.eq(NotificationStatus::Queued.as_str());
-    let cond = match ids {
-        Some(ids) => Condition::all().add(C::Id.is_in(ids)).add(queued),
-        None => Condition::any()
-            .add(
-                Condition::all()
-                    .add(queued)
-                    .add(C::NextAttemptAt.lte(horizon.millis())),
-            )
-            .add(
-                Condition::all()
-                    .add(C::Status.eq(NotificationStatus::Sending.as_str()))
-                    .add(C::LeaseUntil.lt(now.millis())),
-            ),
-    };
+    let cond = Condition::any()
+        .add(
+            Condition::all()
+                .add(C::Status.eq(NotificationStatus::Queued.as_str()))
+                .add(C::NextAttemptAt.lte(horizon.millis())),
+        )
+        .add(
+            Condition::all()
+                .add(C::Status.eq(NotificationStatus::Sending.as_str()))
+                .add(C::LeaseUntil.lt(now.millis())),
+        );
     let rows = notification::Entity::find()
         .filter(cond)
         .order_by_asc(C::Id)
@@ -320,7 +307,7 @@ pub async fn due_notifications(
         .await?;
     Ok(rows
         .into_iter()
-        .map(|n| DueNotification {
+        .map(|n| QueuedSms {
             id: n.id,
             not_before: if n.status == NotificationStatus::Queued.as_str() {
                 n.next_attempt_at.unwrap_or(now.millis())

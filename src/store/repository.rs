@@ -1,50 +1,76 @@
-//! The Repository actor: the only owner of the database connection.
+//! The Repository actor: the single writer. It runs on an arbiter (thread) of its own.
 //!
-//! Reads run concurrently on the pool. Writes queue in the actor and run one batch at a
-//! time, each batch in one transaction (group commit): under load a batch holds everything
-//! that arrived while the previous one was committing. After each commit the listeners (the
-//! live hub, the SMS dispatcher) get a `Committed` in commit order.
+//! Writes queue in the actor and run one batch at a time, each batch in one transaction
+//! (group commit, see `batch`): under load a batch holds everything that arrived while the
+//! previous one was committing. After each commit the hub hears of the batch's events and
+//! the SMS dispatcher of the messages it queued, in commit order. Reads do not come here:
+//! they run on the `Reader` actors, one per HTTP worker (see `reader`).
+//!
+//! It also owns the housekeeping timer: expired sessions and idempotency keys, and events
+//! past the live replay window, are removed by one maintenance pass.
 
+use super::batch::{self, Pending, QueuedSms, WriteConfig};
 use super::error::StoreError;
-use super::reads::{self, NotificationFilter, OrderFilter, PageRequest};
-use super::views::{CustomerView, NotificationView, OrderView, Page};
-use super::writes::{self, Committed, Pending, WriteConfig, WriteOp, WriteReply};
-use crate::domain::event::Event;
-use crate::domain::time::Timestamp;
+use super::maintenance;
+use super::ops::{WriteOp, WriteReply};
+use crate::domain::event::{Event, EventType};
 use actix::prelude::*;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::DatabaseConnection;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
 /// The most operations one transaction takes.
 const MAX_BATCH: usize = 256;
+/// The most operations waiting for a batch. Beyond it (the database is slower than the
+/// requests coming in) a write answers 503 at once instead of queueing without bound.
+pub const MAX_PENDING: usize = 8 * 1024;
 /// A mailbox that never pushes back. actix computes `MAX_CAPACITY - capacity` whenever an
 /// `Addr` is cloned, so `usize::MAX` overflows (a panic in debug builds); this is the
 /// largest capacity actix accepts.
 pub const UNBOUNDED_MAILBOX: usize = usize::MAX >> 2;
-/// Idempotency keys are kept at least this long.
-const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+/// How often the maintenance pass runs.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(600);
+
+/// The events of a committed batch, in `seq` order: for the live hub.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct EventsCommitted(pub Arc<Vec<Event>>);
+
+/// The messages a committed batch queued: for the SMS dispatcher.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct SmsQueued(pub Vec<QueuedSms>);
 
 pub struct Repository {
     db: DatabaseConnection,
     cfg: Arc<WriteConfig>,
+    /// Events older than this are pruned (the live replay window).
+    event_retention: Duration,
     pending: VecDeque<Pending>,
     writing: bool,
-    listeners: Vec<Recipient<Committed>>,
+    events_to: Vec<Recipient<EventsCommitted>>,
+    sms_to: Vec<Recipient<SmsQueued>>,
 }
 
 impl Repository {
-    pub fn new(db: DatabaseConnection, cfg: WriteConfig) -> Self {
+    pub fn new(db: DatabaseConnection, cfg: WriteConfig, event_retention: Duration) -> Self {
         Self {
             db,
             cfg: Arc::new(cfg),
+            event_retention,
             pending: VecDeque::new(),
             writing: false,
-            listeners: Vec::new(),
+            events_to: Vec::new(),
+            sms_to: Vec::new(),
         }
+    }
+
+    /// Starts the writer on an arbiter of its own, so that its per-batch work never waits
+    /// for (or delays) the hub, the dispatcher or the HTTP workers.
+    pub fn start_alone(self) -> Addr<Self> {
+        Self::start_in_arbiter(&Arbiter::new().handle(), move |_| self)
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -53,20 +79,24 @@ impl Repository {
         }
         self.writing = true;
         let n = self.pending.len().min(MAX_BATCH);
-        let batch: Vec<Pending> = self.pending.drain(..n).collect();
+        let ops: Vec<Pending> = self.pending.drain(..n).collect();
         let db = self.db.clone();
         let cfg = self.cfg.clone();
         ctx.spawn(
-            async move { writes::run_batch(&db, &cfg, batch).await }
+            async move { batch::run(&db, &cfg, ops).await }
                 .into_actor(self)
-                .map(|committed, act, ctx| {
+                .map(|outcome, act, ctx| {
                     act.writing = false;
-                    if let Some(committed) = committed
-                        && (!committed.events.is_empty() || !committed.queued.is_empty())
-                    {
-                        count_published(&committed);
-                        for listener in &act.listeners {
-                            listener.do_send(committed.clone());
+                    if !outcome.events.is_empty() {
+                        count_published(&outcome.events);
+                        let events = EventsCommitted(Arc::new(outcome.events));
+                        for to in &act.events_to {
+                            to.do_send(events.clone());
+                        }
+                    }
+                    if !outcome.queued.is_empty() {
+                        for to in &act.sms_to {
+                            to.do_send(SmsQueued(outcome.queued.clone()));
                         }
                     }
                     act.flush(ctx);
@@ -75,10 +105,9 @@ impl Repository {
     }
 }
 
-fn count_published(committed: &Committed) {
-    use crate::domain::event::EventType;
+fn count_published(events: &[Event]) {
     for kind in EventType::ALL {
-        let n = committed.events.iter().filter(|e| e.kind == kind).count() as u64;
+        let n = events.iter().filter(|e| e.kind == kind).count() as u64;
         if n > 0 {
             crate::metrics::events_published(kind.as_str(), n);
             if kind == EventType::OrderCreated {
@@ -92,54 +121,39 @@ impl Actor for Repository {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // The mailbox must not push back on HTTP handlers; the pending queue is the buffer.
+        // The mailbox must not push back on HTTP handlers; `pending` is the bounded buffer.
         ctx.set_mailbox_capacity(UNBOUNDED_MAILBOX);
-        ctx.run_interval(Duration::from_secs(600), |act, ctx| {
+        ctx.run_interval(MAINTENANCE_EVERY, |act, ctx| {
             let db = act.db.clone();
-            ctx.spawn(
-                async move {
-                    let now = Timestamp::now().millis();
-                    use super::entities::session as s;
-                    if let Err(e) = s::Entity::delete_many()
-                        .filter(s::Column::ExpiresAt.lt(now))
-                        .exec(&db)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "could not prune expired sessions");
-                    }
-                    let cutoff = now - IDEMPOTENCY_TTL_MS;
-                    use super::entities::idempotency_key as k;
-                    match k::Entity::delete_many()
-                        .filter(k::Column::CreatedAt.lt(cutoff))
-                        .exec(&db)
-                        .await
-                    {
-                        Ok(r) if r.rows_affected > 0 => {
-                            tracing::debug!(
-                                removed = r.rows_affected,
-                                "expired idempotency keys removed"
-                            )
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "could not prune idempotency keys"),
-                    }
-                }
-                .into_actor(act),
-            );
+            let retention = act.event_retention;
+            ctx.spawn(async move { maintenance::run(&db, retention).await }.into_actor(act));
         });
     }
 }
 
-/// Registers a listener for committed batches.
+/// Registers the live hub for committed events.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Listen(pub Recipient<Committed>);
+pub struct ListenEvents(pub Recipient<EventsCommitted>);
 
-impl Handler<Listen> for Repository {
+impl Handler<ListenEvents> for Repository {
     type Result = ();
 
-    fn handle(&mut self, msg: Listen, _: &mut Self::Context) {
-        self.listeners.push(msg.0);
+    fn handle(&mut self, msg: ListenEvents, _: &mut Self::Context) {
+        self.events_to.push(msg.0);
+    }
+}
+
+/// Registers the SMS dispatcher for queued messages.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ListenSms(pub Recipient<SmsQueued>);
+
+impl Handler<ListenSms> for Repository {
+    type Result = ();
+
+    fn handle(&mut self, msg: ListenSms, _: &mut Self::Context) {
+        self.sms_to.push(msg.0);
     }
 }
 
@@ -152,6 +166,13 @@ impl Handler<Write> for Repository {
     type Result = ResponseFuture<Result<WriteReply, StoreError>>;
 
     fn handle(&mut self, msg: Write, ctx: &mut Self::Context) -> Self::Result {
+        if self.pending.len() >= MAX_PENDING {
+            return Box::pin(async {
+                Err(StoreError::Unavailable(
+                    "too many writes are waiting for the database".into(),
+                ))
+            });
+        }
         let (reply, answer) = oneshot::channel();
         self.pending.push_back(Pending { op: msg.0, reply });
         self.flush(ctx);
@@ -160,86 +181,5 @@ impl Handler<Write> for Repository {
                 .await
                 .unwrap_or_else(|_| Err(StoreError::Unavailable("the writer stopped".into())))
         })
-    }
-}
-
-/// A read-only query message, answered concurrently with other reads and with writes.
-macro_rules! query {
-    ($(#[$doc:meta])* $name:ident { $($field:ident : $ty:ty),* $(,)? } -> $out:ty, |$db:ident, $msg:ident| $body:expr) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone)]
-        pub struct $name { $(pub $field: $ty),* }
-
-        impl Message for $name {
-            type Result = Result<$out, StoreError>;
-        }
-
-        impl Handler<$name> for Repository {
-            type Result = ResponseFuture<Result<$out, StoreError>>;
-
-            fn handle(&mut self, $msg: $name, _: &mut Self::Context) -> Self::Result {
-                let $db = self.db.clone();
-                Box::pin(async move { $body })
-            }
-        }
-    };
-}
-
-query!(GetCustomer { id: Uuid } -> CustomerView, |db, m| reads::get_customer(&db, m.id).await);
-query!(ListCustomers { q: Option<String>, page: PageRequest } -> Page<CustomerView>,
-    |db, m| reads::list_customers(&db, m.q.as_deref(), m.page).await);
-query!(GetOrder { id: Uuid } -> OrderView, |db, m| reads::get_order(&db, m.id).await);
-query!(ListOrders { filter: OrderFilter, page: PageRequest } -> Page<OrderView>,
-    |db, m| reads::list_orders(&db, &m.filter, m.page).await);
-query!(ListNotifications { filter: NotificationFilter, page: PageRequest } -> Page<NotificationView>,
-    |db, m| reads::list_notifications(&db, &m.filter, m.page).await);
-query!(
-    /// Messages for the SMS dispatcher to send (see `reads::due_notifications`).
-    DueNotifications { ids: Option<Vec<Uuid>>, now: Timestamp, horizon: Timestamp, limit: u64 }
-        -> Vec<reads::DueNotification>,
-    |db, m| reads::due_notifications(&db, m.ids, m.now, m.horizon, m.limit).await
-);
-query!(
-    /// Answers when the database does, within `timeout`.
-    Ping { timeout: Duration } -> (),
-    |db, m| match tokio::time::timeout(m.timeout, db.ping()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
-        Err(_) => Err(StoreError::Unavailable("the database did not answer in time".into())),
-    }
-);
-query!(
-    /// The live session with this id hash (`None` when unknown or expired).
-    GetSession { id_hash: String } -> Option<super::entities::session::Model>,
-    |db, m| {
-        use super::entities::session as s;
-        let row = s::Entity::find_by_id(m.id_hash).one(&db).await?;
-        Ok(row.filter(|r| r.expires_at > Timestamp::now().millis()))
-    }
-);
-query!(
-    /// The last `seq` ever assigned.
-    LatestSeq {} -> i64,
-    |db, _m| reads::latest_seq(&db).await
-);
-query!(
-    /// A page of the event log for a resuming live client: `after < seq <= upto`.
-    EventsAfter { after: i64, upto: i64, limit: u64 } -> Vec<Event>,
-    |db, m| reads::events_after(&db, m.after, m.upto, m.limit).await
-);
-
-/// Removes events older than `before` (but never the newest); answers how many went.
-#[derive(Message)]
-#[rtype(result = "Result<u64, StoreError>")]
-pub struct PruneEvents {
-    pub before: Timestamp,
-}
-
-impl Handler<PruneEvents> for Repository {
-    type Result = ResponseFuture<Result<u64, StoreError>>;
-
-    fn handle(&mut self, msg: PruneEvents, _: &mut Self::Context) -> Self::Result {
-        let db = self.db.clone();
-        Box::pin(async move { writes::prune_events(&db, msg.before).await })
     }
 }

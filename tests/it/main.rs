@@ -16,3 +16,4 @@ mod dashboard;
 mod live;
 mod ops;
 mod sms;
+mod writes;

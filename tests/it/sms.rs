@@ -779,3 +779,77 @@ async fn the_binary_with_defaults_logs_each_sms_and_marks_it_sent() {
         "the full phone number was logged:\n{output}"
     );
 }
+
+/// Claims and outcomes are written in bulk while the provider's delivery reports race
+/// them: a report may reach duka before the outcome that names its message id is stored.
+/// No report is answered with anything but 200, no message is sent twice, no row goes
+/// backwards, and once the provider repeats its reports every message is delivered.
+#[tokio::test]
+async fn bulk_claims_and_records_racing_delivery_reports() {
+    let fake = FakeAt::start().await;
+    let app = std::sync::Arc::new(at_app(&fake, |s| s.sms.concurrency = 16).await);
+    let customer = app.create_customer(json!({})).await;
+    let phone = s(&customer["phone"]).to_string();
+    let reporter = {
+        let app = app.clone();
+        let fake_requests = std::sync::Arc::new(fake);
+        let fake = fake_requests.clone();
+        let task = tokio::spawn(async move {
+            // Reports each accepted message as soon as the fake has answered for it.
+            let mut reported = std::collections::HashSet::new();
+            let mut statuses = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while reported.len() < 60 && Instant::now() < deadline {
+                for r in fake.requests() {
+                    if let Some(id) = r.message_id
+                        && reported.insert(id.clone())
+                    {
+                        let resp = report(&app, Some(SECRET), &delivery(&id, "Success")).await;
+                        statuses.push(resp.status().as_u16());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (reported, statuses)
+        });
+        (task, fake_requests)
+    };
+    let mut orders = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..60 {
+        let app = app.clone();
+        let cid = s(&customer["id"]).to_string();
+        tasks.push(tokio::spawn(async move {
+            app.create_order(&cid, json!({})).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }));
+    }
+    for t in tasks {
+        orders.push(t.await.unwrap());
+    }
+    let (task, fake) = reporter;
+    let (reported, statuses) = task.await.unwrap();
+    assert_eq!(reported.len(), 60, "every message reached the provider");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(fake.requests_to(&phone).len(), 60, "no message sent twice");
+    for order in &orders {
+        wait_notifications(&app, order, |l| {
+            l.iter()
+                .all(|n| n["status"] == "sent" || n["status"] == "delivered")
+        })
+        .await;
+    }
+    // The provider retries its callbacks: now every outcome is stored, so all move on.
+    for id in &reported {
+        let r = report(&app, Some(SECRET), &delivery(id, "Success")).await;
+        assert_eq!(r.status(), 200);
+    }
+    for order in &orders {
+        let list = notifications_of(&app, order).await;
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0]["status"], "delivered", "{}", list[0]);
+        assert!(reported.contains(s(&list[0]["provider_message_id"])));
+    }
+}

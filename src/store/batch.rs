@@ -1,0 +1,383 @@
+//! The batch engine: one transaction per batch of queued operations (group commit).
+//!
+//! A batch locks the event counter, applies its operations in arrival order (runs of
+//! creates as sets, see `ops::apply_creates`), then writes all of its events and
+//! idempotency records with one multi-row INSERT each, moves the counter once and commits.
+//! Nothing is visible to anyone until the commit.
+//!
+//! A refused operation (unknown customer, duplicate, forbidden change) is decided before it
+//! writes anything, so it stays out of the batch without disturbing the others. Only a
+//! statement that fails (which on PostgreSQL aborts the transaction) makes the batch run
+//! again with each operation in its own savepoint, so that the failure stays with its
+//! operation.
+
+use super::entities::{event, idempotency_key};
+use super::error::StoreError;
+use super::ops::{self, OpError, WriteOp, WriteReply};
+use crate::domain::event::{Event, EventType};
+use crate::domain::notification::{NotifyOn, Template};
+use crate::domain::time::Timestamp;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IntoActiveModel,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+};
+use std::collections::{BTreeMap, HashMap};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// What the write path needs to know from the settings.
+#[derive(Debug, Clone)]
+pub struct WriteConfig {
+    /// `None` when SMS is disabled: orders then get no notification rows.
+    pub sms_provider: Option<String>,
+    pub notify_on: Vec<NotifyOn>,
+    pub templates: BTreeMap<NotifyOn, Template>,
+    /// `sms.max_attempts`: a message whose sender died mid-send this often is failed.
+    pub max_attempts: i32,
+}
+
+/// A message written `queued` by a batch: what the SMS dispatcher needs to schedule it
+/// without reading it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedSms {
+    pub id: Uuid,
+    pub phone: String,
+    /// Not before this time (epoch ms).
+    pub not_before: i64,
+}
+
+/// What a committed batch tells the rest of the system.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// In `seq` order.
+    pub events: Vec<Event>,
+    pub queued: Vec<QueuedSms>,
+}
+
+/// An operation waiting for its batch, and who waits for its result.
+pub struct Pending {
+    pub op: WriteOp,
+    pub reply: oneshot::Sender<Result<WriteReply, StoreError>>,
+}
+
+/// The longest one batch may take, commit included.
+const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
+/// Rows per multi-row INSERT: far below SQLite's and PostgreSQL's bound-parameter limits
+/// for the widest table.
+pub(super) const ROWS_PER_INSERT: usize = 500;
+
+/// Runs one batch in one transaction, answers every caller, and returns what was committed.
+pub async fn run(db: &DatabaseConnection, cfg: &WriteConfig, batch: Vec<Pending>) -> Outcome {
+    let (ops, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+    // The server's statement and lock timeouts do not help when the network goes silent:
+    // bound the whole batch so the single writer never waits forever. A batch that timed
+    // out may still have committed; callers retry safely with their Idempotency-Key.
+    let result = match tokio::time::timeout(BATCH_TIMEOUT, execute(db, cfg, ops)).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unavailable(
+            "the database did not answer in time".into(),
+        )),
+    };
+    match result {
+        Ok((results, outcome)) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A caller that went away (client disconnected) still had its change committed.
+                let _ = reply.send(result);
+            }
+            outcome
+        }
+        Err(e) => {
+            tracing::error!(error = %e, size = replies.len(), "write batch failed");
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+            Outcome::default()
+        }
+    }
+}
+
+type Results = Vec<Result<WriteReply, StoreError>>;
+
+async fn execute(
+    db: &DatabaseConnection,
+    cfg: &WriteConfig,
+    ops: Vec<WriteOp>,
+) -> Result<(Results, Outcome), StoreError> {
+    let single = ops.len() == 1;
+    let retry = if single { None } else { Some(ops.clone()) };
+    match execute_whole(db, cfg, ops).await? {
+        Whole::Committed(done) => Ok(done),
+        Whole::Failed(e) => match retry {
+            None => Ok((vec![Err(e)], Outcome::default())),
+            Some(ops) => execute_isolated(db, cfg, ops).await,
+        },
+    }
+}
+
+enum Whole {
+    Committed((Results, Outcome)),
+    /// A statement failed (not an infrastructure failure); nothing was committed.
+    Failed(StoreError),
+}
+
+async fn begin(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, StoreError> {
+    Ok(db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?)
+}
+
+/// Every operation in one transaction, no savepoints; runs of creates as sets.
+async fn execute_whole(
+    db: &DatabaseConnection,
+    cfg: &WriteConfig,
+    ops: Vec<WriteOp>,
+) -> Result<Whole, StoreError> {
+    let txn = begin(db).await?;
+    let last_seq = lock_event_counter(&txn).await?;
+    let mut batch = Batch::new(cfg, last_seq + 1);
+    let mut results: Results = Vec::with_capacity(ops.len());
+    let mut ops = ops.into_iter().peekable();
+    while let Some(op) = ops.next() {
+        let applied = if op.is_create() {
+            let mut run = vec![op];
+            while let Some(next) = ops.next_if(WriteOp::is_create) {
+                run.push(next);
+            }
+            ops::apply_creates(&txn, run, &mut batch).await
+        } else {
+            let mark = batch.mark();
+            match ops::apply_one(&txn, op, &mut batch).await {
+                Err(OpError::Refused(e)) => {
+                    batch.reset(mark);
+                    Ok(vec![Err(OpError::Refused(e))])
+                }
+                other => other.map(|r| vec![Ok(r)]),
+            }
+        };
+        match applied {
+            Ok(run_results) => results.extend(run_results.into_iter().map(|r| {
+                r.map_err(|e| match e {
+                    OpError::Refused(e) | OpError::Failed(e) => e,
+                })
+            })),
+            Err(OpError::Refused(e) | OpError::Failed(e)) => {
+                // Only a database that cannot be reached fails the whole batch; any other
+                // failure is retried in isolation and stays with its operation.
+                if matches!(e, StoreError::Unavailable(_)) {
+                    return Err(e);
+                }
+                txn.rollback().await?;
+                return Ok(Whole::Failed(e));
+            }
+        }
+    }
+    let outcome = batch.finish(txn).await?;
+    Ok(Whole::Committed((results, outcome)))
+}
+
+/// Each operation in its own savepoint: a failed one rolls back alone.
+async fn execute_isolated(
+    db: &DatabaseConnection,
+    cfg: &WriteConfig,
+    ops: Vec<WriteOp>,
+) -> Result<(Results, Outcome), StoreError> {
+    let txn = begin(db).await?;
+    let last_seq = lock_event_counter(&txn).await?;
+    let mut batch = Batch::new(cfg, last_seq + 1);
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        let savepoint = txn.begin().await?;
+        let mark = batch.mark();
+        match ops::apply_one(&savepoint, op, &mut batch).await {
+            Ok(reply) => {
+                savepoint.commit().await?;
+                results.push(Ok(reply));
+            }
+            Err(OpError::Refused(e) | OpError::Failed(e)) => {
+                if matches!(e, StoreError::Unavailable(_)) {
+                    return Err(e);
+                }
+                savepoint.rollback().await?;
+                batch.reset(mark);
+                results.push(Err(e));
+            }
+        }
+    }
+    let outcome = batch.finish(txn).await?;
+    Ok((results, outcome))
+}
+
+/// Reads the last assigned `seq` and, on PostgreSQL, locks the counter row until commit so
+/// that several instances assign `seq` in commit order. On SQLite the IMMEDIATE transaction
+/// already holds the database's write lock.
+async fn lock_event_counter(txn: &impl ConnectionTrait) -> Result<i64, StoreError> {
+    let backend = txn.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => "SELECT last_seq FROM event_counter WHERE id = 1 FOR UPDATE",
+        _ => "SELECT last_seq FROM event_counter WHERE id = 1",
+    };
+    let row = txn
+        .query_one_raw(Statement::from_string(backend, sql))
+        .await?
+        .ok_or_else(|| StoreError::Internal("event_counter row is missing".into()))?;
+    Ok(row.try_get::<i64>("", "last_seq")?)
+}
+
+/// An idempotency key as stored: (principal, route, key).
+pub(super) type KeyId = (String, &'static str, String);
+
+/// What an earlier operation of this batch did with an idempotency key.
+#[derive(Debug, Clone)]
+pub(super) struct SeenKey {
+    pub request_hash: String,
+    /// The stored response, or why the operation was refused.
+    pub outcome: Result<(u16, String), StoreError>,
+}
+
+/// The state of one batch: the next `seq`, and what it commits besides its rows.
+pub(crate) struct Batch<'a> {
+    pub cfg: &'a WriteConfig,
+    first_seq: i64,
+    next_seq: i64,
+    events: Vec<Event>,
+    queued: Vec<QueuedSms>,
+    idempotency: Vec<idempotency_key::Model>,
+    seen: HashMap<KeyId, SeenKey>,
+    seen_order: Vec<KeyId>,
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct Mark {
+    next_seq: i64,
+    events: usize,
+    queued: usize,
+    idempotency: usize,
+    seen: usize,
+}
+
+impl<'a> Batch<'a> {
+    fn new(cfg: &'a WriteConfig, next_seq: i64) -> Self {
+        Self {
+            cfg,
+            first_seq: next_seq,
+            next_seq,
+            events: Vec::new(),
+            queued: Vec::new(),
+            idempotency: Vec::new(),
+            seen: HashMap::new(),
+            seen_order: Vec::new(),
+        }
+    }
+
+    pub(super) fn mark(&self) -> Mark {
+        Mark {
+            next_seq: self.next_seq,
+            events: self.events.len(),
+            queued: self.queued.len(),
+            idempotency: self.idempotency.len(),
+            seen: self.seen_order.len(),
+        }
+    }
+
+    pub(super) fn reset(&mut self, mark: Mark) {
+        self.next_seq = mark.next_seq;
+        self.events.truncate(mark.events);
+        self.queued.truncate(mark.queued);
+        self.idempotency.truncate(mark.idempotency);
+        for key in self.seen_order.drain(mark.seen..) {
+            self.seen.remove(&key);
+        }
+    }
+
+    /// Adds an event with the next `seq`; it is written when the batch commits.
+    pub(super) fn emit(
+        &mut self,
+        kind: EventType,
+        data: impl serde::Serialize,
+    ) -> Result<(), StoreError> {
+        let data = serde_json::to_value(data).map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.events.push(Event {
+            kind,
+            seq: self.next_seq,
+            at: Timestamp::now(),
+            data,
+        });
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// A message now `queued`, for the dispatcher once the batch has committed.
+    pub(super) fn queued(&mut self, sms: QueuedSms) {
+        self.queued.push(sms);
+    }
+
+    pub(super) fn seen(&self, key: &KeyId) -> Option<&SeenKey> {
+        self.seen.get(key)
+    }
+
+    /// Remembers what an operation did with its key, for a repeat later in this batch,
+    /// and (for a stored response) writes the key's record with the batch.
+    pub(super) fn remember(&mut self, key: KeyId, seen: SeenKey) {
+        if let Ok((status, body)) = &seen.outcome {
+            self.idempotency.push(idempotency_key::Model {
+                principal: key.0.clone(),
+                route: key.1.to_string(),
+                key: key.2.clone(),
+                request_hash: seen.request_hash.clone(),
+                status: i32::from(*status),
+                body: body.clone(),
+                created_at: Timestamp::now().millis(),
+            });
+        }
+        self.seen_order.push(key.clone());
+        self.seen.insert(key, seen);
+    }
+
+    /// Writes the events and idempotency records, moves the counter past the batch's
+    /// events and commits.
+    async fn finish(self, txn: sea_orm::DatabaseTransaction) -> Result<Outcome, StoreError> {
+        for chunk in self.events.chunks(ROWS_PER_INSERT) {
+            let rows = chunk.iter().map(|e| {
+                event::Model {
+                    seq: e.seq,
+                    kind: e.kind.as_str().to_string(),
+                    at: e.at.millis(),
+                    data: e.data.to_string(),
+                }
+                .into_active_model()
+            });
+            event::Entity::insert_many(rows)
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        for chunk in self.idempotency.chunks(ROWS_PER_INSERT) {
+            let rows = chunk
+                .iter()
+                .cloned()
+                .map(IntoActiveModel::into_active_model);
+            idempotency_key::Entity::insert_many(rows)
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        if self.next_seq != self.first_seq {
+            let backend = txn.get_database_backend();
+            txn.execute_raw(Statement::from_sql_and_values(
+                backend,
+                match backend {
+                    DbBackend::Postgres => "UPDATE event_counter SET last_seq = $1 WHERE id = 1",
+                    _ => "UPDATE event_counter SET last_seq = ? WHERE id = 1",
+                },
+                [(self.next_seq - 1).into()],
+            ))
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(Outcome {
+            events: self.events,
+            queued: self.queued,
+        })
+    }
+}

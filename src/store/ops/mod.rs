@@ -1,0 +1,230 @@
+//! The changes the write path applies: one module per resource. Every operation runs inside
+//! the batch's transaction (`store::batch`); creates of customers and orders that arrive
+//! together are applied as sets (a constant number of statements for the whole run).
+
+mod creates;
+pub mod customers;
+pub mod notifications;
+pub mod orders;
+pub mod sessions;
+
+use super::batch::Batch;
+use super::entities::session;
+use super::error::StoreError;
+use super::views::{CustomerView, NotificationView, OrderView};
+use crate::domain::customer::{CustomerPatch, NewCustomer};
+use crate::domain::order::{NewOrder, OrderPatch};
+use crate::domain::time::Timestamp;
+use sea_orm::{ConnectionTrait, DbErr};
+use uuid::Uuid;
+
+/// An `Idempotency-Key` with what it is bound to.
+#[derive(Debug, Clone)]
+pub struct IdemKey {
+    pub principal: String,
+    pub route: &'static str,
+    pub key: String,
+    /// SHA-256 of the request body as received.
+    pub request_hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    CreateCustomer {
+        customer: NewCustomer,
+        idem: Option<IdemKey>,
+    },
+    UpdateCustomer {
+        id: Uuid,
+        patch: CustomerPatch,
+    },
+    DeleteCustomer {
+        id: Uuid,
+    },
+    CreateOrder {
+        order: NewOrder,
+        idem: Option<IdemKey>,
+    },
+    UpdateOrder {
+        id: Uuid,
+        patch: OrderPatch,
+    },
+    DeleteOrder {
+        id: Uuid,
+    },
+    /// A fresh SMS for an order (the "resend" button).
+    QueueNotification {
+        order_id: Uuid,
+    },
+    /// The SMS dispatcher takes messages for one send attempt each: `queued` (or `sending`
+    /// whose lease has run out) becomes `sending` until `lease_until`, one more attempt.
+    /// Answers `Claimed` with the messages it took; the others were not there to take
+    /// (another sender has them, they were sent, or they are gone). A message whose senders
+    /// died mid-send `max_attempts` times is failed instead of claimed.
+    ClaimSms {
+        ids: Vec<Uuid>,
+        lease_until: Timestamp,
+    },
+    /// What send attempts of claimed messages came to. Answers `Recorded` with the ids
+    /// whose outcome was stored; the others no longer held that claim.
+    RecordSends(Vec<SendRecord>),
+    /// A provider's delivery report for the message it knows as `provider_message_id`.
+    /// Only a `sent` message moves; `NotFound` when no message has that id.
+    DeliveryReport {
+        provider_message_id: String,
+        outcome: DeliveryOutcome,
+    },
+    /// A browser session begins (see `auth::session`).
+    CreateSession(session::Model),
+    /// A browser session ends (logout); ending an unknown one is not an error.
+    EndSession {
+        id_hash: String,
+    },
+}
+
+impl WriteOp {
+    /// Creates are applied as a set with the creates next to them in the batch.
+    pub(super) fn is_create(&self) -> bool {
+        matches!(self, Self::CreateCustomer { .. } | Self::CreateOrder { .. })
+    }
+}
+
+/// One send attempt's outcome, for the claim it was made under: the claim's `lease_until`
+/// is its token, so a sender whose lease ran out (and whose message another claim took
+/// over) cannot overwrite the newer claim's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRecord {
+    pub id: Uuid,
+    pub lease_until: Timestamp,
+    pub outcome: SendOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    Sent {
+        provider_message_id: String,
+        cost: Option<String>,
+    },
+    /// Try again at `next_attempt_at`; the message goes back to `queued`.
+    Retry {
+        error: String,
+        next_attempt_at: Timestamp,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    Failed { reason: String },
+}
+
+/// A message the dispatcher holds a claim on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedSms {
+    pub id: Uuid,
+    pub phone: String,
+    pub message: String,
+    pub attempts: i32,
+    pub lease_until: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub enum WriteReply {
+    Customer(CustomerView),
+    Order(OrderView),
+    Notification(NotificationView),
+    Claimed(Vec<ClaimedSms>),
+    Recorded(Vec<Uuid>),
+    Deleted,
+    /// Done, nothing to show.
+    Done,
+    /// An idempotent repeat: the original response, verbatim.
+    Replay {
+        status: u16,
+        body: String,
+    },
+}
+
+/// Why an operation did not apply. `Refused` is decided before the operation wrote
+/// anything, so the batch's transaction goes on; `Failed` is a statement that failed,
+/// which on PostgreSQL aborts the transaction: the batch is then run again with every
+/// operation in its own savepoint.
+#[derive(Debug)]
+pub(super) enum OpError {
+    Refused(StoreError),
+    Failed(StoreError),
+}
+
+impl From<DbErr> for OpError {
+    fn from(e: DbErr) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+pub(super) type OpResult = Result<WriteReply, OpError>;
+
+pub(super) fn refuse<T>(e: StoreError) -> Result<T, OpError> {
+    Err(OpError::Refused(e))
+}
+
+/// Applies one operation that is not a create (creates go through `apply_creates`).
+pub(super) async fn apply_one(
+    txn: &impl ConnectionTrait,
+    op: WriteOp,
+    batch: &mut Batch<'_>,
+) -> OpResult {
+    match op {
+        WriteOp::CreateCustomer { .. } | WriteOp::CreateOrder { .. } => {
+            let mut results = apply_creates(txn, vec![op], batch).await?;
+            results.pop().unwrap_or_else(|| {
+                Err(OpError::Failed(StoreError::Internal(
+                    "a create gave no result".into(),
+                )))
+            })
+        }
+        WriteOp::UpdateCustomer { id, patch } => customers::update(txn, id, patch, batch).await,
+        WriteOp::DeleteCustomer { id } => customers::delete(txn, id, batch).await,
+        WriteOp::UpdateOrder { id, patch } => orders::update(txn, id, patch, batch).await,
+        WriteOp::DeleteOrder { id } => orders::delete(txn, id, batch).await,
+        WriteOp::QueueNotification { order_id } => {
+            notifications::queue_again(txn, order_id, batch).await
+        }
+        WriteOp::ClaimSms { ids, lease_until } => {
+            notifications::claim(txn, ids, lease_until, batch).await
+        }
+        WriteOp::RecordSends(records) => notifications::record_sends(txn, records, batch).await,
+        WriteOp::DeliveryReport {
+            provider_message_id,
+            outcome,
+        } => notifications::delivery_report(txn, &provider_message_id, outcome, batch).await,
+        WriteOp::CreateSession(row) => sessions::create(txn, row).await,
+        WriteOp::EndSession { id_hash } => sessions::end(txn, id_hash).await,
+    }
+}
+
+/// Applies a run of creates (customers and orders, in arrival order) as sets: one lookup
+/// of idempotency keys, one of the customers they name, one multi-row INSERT per table.
+/// Answers one result per operation, in order. A `Failed` error means a statement
+/// failed and the whole run (and batch) must be run again in isolation.
+pub(super) async fn apply_creates(
+    txn: &impl ConnectionTrait,
+    ops: Vec<WriteOp>,
+    batch: &mut Batch<'_>,
+) -> Result<Vec<OpResult>, OpError> {
+    let mut run = creates::CreateRun::new(ops);
+    run.decide_idempotency(txn, batch).await?;
+    customers::plan(txn, &mut run).await?;
+    orders::plan(txn, &mut run).await?;
+    customers::insert(txn, &mut run).await?;
+    orders::insert(txn, &mut run, batch).await?;
+    Ok(run.finish(batch))
+}
