@@ -24,6 +24,10 @@ use std::time::Duration;
 
 /// The longest any single statement may run on PostgreSQL.
 const STATEMENT_TIMEOUT_SECS: u64 = 30;
+/// SQLite's page cache per connection, in KiB (SQLite's default is 2,000).
+const SQLITE_CACHE_KIB: u32 = 1024;
+/// Prepared statements kept per SQLite connection (sqlx's default is 100).
+const SQLITE_STATEMENT_CACHE: usize = 32;
 
 /// Opens the pool. SQLite runs in WAL mode with `synchronous=FULL` (an acknowledged order
 /// survives power loss), a busy timeout and foreign keys on; its directory is created.
@@ -52,6 +56,11 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, String
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(busy_timeout)
                 .foreign_keys(true)
+                // Memory is bounded per pooled connection: SQLite's page cache (the OS
+                // caches the file too) and the prepared statements, which the multi-row
+                // INSERTs of batches of every size would otherwise fill.
+                .pragma("cache_size", format!("-{SQLITE_CACHE_KIB}"))
+                .statement_cache_capacity(SQLITE_STATEMENT_CACHE)
         })
         // A lock held elsewhere must not stall the single writer forever: past the timeout
         // the statement fails and the request answers 503 (see `error::is_unavailable`).
