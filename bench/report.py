@@ -247,10 +247,20 @@ def table(db, mode, results_path, out_file, label, note, baseline_arg):
             continue
         p(f"Per-thread CPU of duka, {what} ({t['seconds']} s): process {t['process_cpu_pct']}% of one core, "
           f"machine {t['machine_busy_pct']}% busy (all cores)")
-        shown = [x for x in t["threads"] if x["cpu_pct"] >= 1.0][:12]
-        rest = sum(x["cpu_pct"] for x in t["threads"]) - sum(x["cpu_pct"] for x in shown)
-        p("   " + "  ".join(f"{x['comm']}[{x['tid']}] {x['cpu_pct']}%" for x in shown)
-          + (f"  (+{len(t['threads']) - len(shown)} threads {rest:.1f}%)" if len(t["threads"]) > len(shown) else ""))
+        # One row per thread name (Linux keeps 15 characters of it), busiest first.
+        groups = {}
+        for x in t["threads"]:
+            groups.setdefault(x["comm"], []).append(x["cpu_pct"])
+        p(f"   {'thread':<16} {'n':>3} {'sum %':>6}  each (% of one core)")
+        idle = [comm for comm, each in groups.items() if sum(each) < 0.05]
+        for comm, each in sorted(groups.items(), key=lambda g: -sum(g[1])):
+            if comm in idle:
+                continue
+            each.sort(reverse=True)
+            shown = " ".join(f"{v:.1f}" for v in each[:10]) + (" ..." if len(each) > 10 else "")
+            p(f"   {comm:<16} {len(each):>3} {sum(each):>6.1f}  {shown}")
+        if idle:
+            p(f"   idle: {', '.join(sorted(idle))}")
     p("")
 
     fans = sorted(int(k.split("_")[1]) for k in r if k.startswith("fanout_"))
