@@ -1,7 +1,10 @@
--- What duka's write path runs for one POST /api/v1/orders on PostgreSQL (src/store/writes.rs),
--- as one transaction per order: lock the event counter, look the customer up by code, check
--- the order number, insert order + notification + event, update the counter. bench/run runs
--- it with `pgbench -M prepared` (sea-orm/sqlx use prepared statements too).
+-- "duka's own design (counter row lock)": the transaction duka's write path ran for one
+-- POST /api/v1/orders on PostgreSQL before issue 11 (src/store/writes.rs), one order per
+-- transaction: lock the event counter row, look the customer up by code, check the order
+-- number, insert order + notification + event, update the counter. Every transaction
+-- queues behind the one counter row, so this measures that serialisation, not PostgreSQL:
+-- the limit rows are pg_limit_1.sql and pg_limit_64.sql. bench/run runs it with
+-- `pgbench -M prepared` on a copy of duka's database.
 \set c random(1, :customers)
 \set n random(1, 999999999999)
 BEGIN;
