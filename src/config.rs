@@ -361,16 +361,39 @@ fn redact(key: Option<&str>, value: &mut serde_json::Value) {
             }
         }
         Value::String(s) if secret && !s.is_empty() => *s = "[redacted]".into(),
-        Value::String(s) => {
-            // A password inside a URL (database.url = postgres://user:pass@host/db).
-            if let Ok(mut url) = url::Url::parse(s)
-                && url.password().is_some()
-                && url.set_password(Some("redacted")).is_ok()
-            {
-                *s = url.to_string();
-            }
-        }
+        // A password inside a URL (database.url = postgres://user:pass@host/db).
+        Value::String(s) => *s = without_password(s),
         _ => {}
+    }
+}
+
+/// `a/./b/../c` as `a/c`, without touching the filesystem (the directories may not exist
+/// yet, and a symlinked state directory should be shown as configured).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A URL with its password (if any) replaced by `redacted`, for logs and messages.
+pub fn without_password(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) if url.password().is_some() => match url.set_password(Some("redacted")) {
+            Ok(()) => url.to_string(),
+            Err(()) => "[redacted]".into(),
+        },
+        _ => text.to_string(),
     }
 }
 
@@ -383,27 +406,131 @@ fn key_error(key: &str, message: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("{key}: {message}"))
 }
 
-impl Settings {
-    /// Loads the defaults, then `file` (or `./config.toml` when present), then the environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
-        match file {
-            Some(path) => {
-                if !path.is_file() {
-                    return Err(ConfigError(format!(
-                        "config file {} not found",
-                        path.display()
-                    )));
-                }
-                figment = figment.merge(Toml::file_exact(path));
-            }
-            None => {
-                if Path::new("config.toml").is_file() {
-                    figment = figment.merge(Toml::file_exact("config.toml"));
-                }
-            }
+/// The directory systemd made for the service (`StateDirectory=`), when it says so.
+fn state_directory() -> Option<PathBuf> {
+    let value = std::env::var_os("STATE_DIRECTORY")?;
+    // Several directories come colon-separated; the first is the service's own.
+    let first = value.to_str().map_or_else(
+        || PathBuf::from(&value),
+        |v| PathBuf::from(v.split(':').next().unwrap_or_default()),
+    );
+    (first.is_absolute()).then_some(first)
+}
+
+/// What the settings are made of: the defaults, then `file` (or `./config.toml` when
+/// present), then the environment; and the (absolute) file used, if any.
+fn figment(file: Option<&Path>) -> Result<(Figment, Option<PathBuf>), ConfigError> {
+    let mut defaults = Settings::default();
+    if state_directory().is_some() {
+        // Under systemd the state directory itself holds the data and the database
+        // (relative paths from the defaults and the environment resolve against it).
+        defaults.data_dir = PathBuf::from(".");
+        defaults.database.url = "sqlite://duka.db?mode=rwc".into();
+    }
+    let mut figment = Figment::from(Serialized::defaults(defaults));
+    let file = match file {
+        Some(path) if !path.is_file() => {
+            return Err(ConfigError(format!(
+                "config file {} not found",
+                path.display()
+            )));
         }
-        Self::from_figment(figment.merge(Env::prefixed("DUKA__").split("__")))
+        Some(path) => Some(path.to_path_buf()),
+        None => Some(PathBuf::from("config.toml")).filter(|p| p.is_file()),
+    };
+    let file = match file {
+        // Absolute, so that the file's own directory is known for its relative paths.
+        Some(path) => Some(
+            std::fs::canonicalize(&path)
+                .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    if let Some(path) = &file {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    Ok((figment.merge(Env::prefixed("DUKA__").split("__")), file))
+}
+
+/// The log settings alone, for reporting a configuration error in the configured format
+/// when the rest of the settings are wrong; the defaults when even they cannot be read.
+pub fn log_settings(file: Option<&Path>) -> Log {
+    figment(file)
+        .ok()
+        .and_then(|(f, _)| f.extract_inner::<Log>("log").ok())
+        .unwrap_or_default()
+}
+
+/// The file of a `sqlite:` URL (`sqlite://data/duka.db?mode=rwc`), if it names one.
+fn sqlite_file(url: &str) -> Option<(PathBuf, Option<&str>)> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    let decoded = percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .ok()?;
+    Some((PathBuf::from(decoded.as_ref()), query))
+}
+
+/// The characters that would end or change the path part of a `sqlite:` URL.
+const SQLITE_PATH: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b'%').add(b'?').add(b'#');
+
+impl Settings {
+    /// Loads the defaults, then `file` (or `./config.toml` when present), then the
+    /// environment. A relative `data_dir` or SQLite path is relative to the directory of
+    /// the config file that set it; one from the defaults or the environment is relative
+    /// to `$STATE_DIRECTORY` (systemd) when set, else to the config file's directory, else
+    /// (no file at all) to the working directory. The result holds absolute paths: the
+    /// same settings find the same files wherever the process starts.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let (figment, file) = figment(file)?;
+        let mut settings = Self::from_figment(figment.clone())?;
+        let fallback = match (state_directory(), file.as_deref().and_then(Path::parent)) {
+            (Some(state), _) => state,
+            (None, Some(dir)) => dir.to_path_buf(),
+            (None, None) => std::env::current_dir()
+                .map_err(|e| ConfigError(format!("cannot read the working directory: {e}")))?,
+        };
+        let base = |key: &str| match figment.find_metadata(key).and_then(|m| m.source.as_ref()) {
+            Some(figment::Source::File(file)) => file
+                .parent()
+                .map_or_else(|| fallback.clone(), Path::to_path_buf),
+            _ => fallback.clone(),
+        };
+        settings.data_dir = normalize(&base("data_dir").join(&settings.data_dir));
+        if let Some((path, query)) = sqlite_file(&settings.database.url) {
+            let path = normalize(&base("database.url").join(path));
+            let path = path
+                .to_str()
+                .ok_or_else(|| key_error("database.url", "the SQLite path must be valid UTF-8"))?;
+            let path = percent_encoding::utf8_percent_encode(path, SQLITE_PATH);
+            settings.database.url = match query {
+                Some(query) => format!("sqlite://{path}?{query}"),
+                None => format!("sqlite://{path}"),
+            };
+        }
+        Ok(settings)
+    }
+
+    /// The SQLite database file, when the database is one.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        sqlite_file(&self.database.url).map(|(path, _)| path)
+    }
+
+    /// The settings as TOML (what `duka config check` prints), with every secret replaced
+    /// by `[redacted]` (see `redact`).
+    pub fn redacted_toml(&self) -> String {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        redact(None, &mut value);
+        toml::to_string(&value).unwrap_or_else(|e| format!("# cannot show the settings: {e}\n"))
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
@@ -704,6 +831,42 @@ mod tests {
             shown.contains("db.example") && shown.contains("[redacted]"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn sqlite_paths_are_read_from_urls_and_normalized() {
+        assert_eq!(
+            sqlite_file("sqlite://data/duka.db?mode=rwc"),
+            Some((PathBuf::from("data/duka.db"), Some("mode=rwc")))
+        );
+        assert_eq!(
+            sqlite_file("sqlite:///var/lib/a%20b.db"),
+            Some((PathBuf::from("/var/lib/a b.db"), None))
+        );
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file("postgres://h/db"), None);
+        assert_eq!(
+            normalize(Path::new("/etc/duka/./../duka/state")),
+            PathBuf::from("/etc/duka/state")
+        );
+        let mut s = Settings::default();
+        s.database.url = format!(
+            "sqlite://{}?mode=rwc",
+            percent_encoding::utf8_percent_encode("/tmp/50%?#.db", SQLITE_PATH)
+        );
+        assert_eq!(s.sqlite_path(), Some(PathBuf::from("/tmp/50%?#.db")));
+    }
+
+    #[test]
+    fn config_check_output_is_toml_without_secrets() {
+        let mut s = Settings::default();
+        s.auth.session_key = "k-visible-nowhere-0123456789abcdef0123".into();
+        s.sms.africastalking.api_key = "atsk_visible_nowhere".into();
+        let shown = s.redacted_toml();
+        assert!(!shown.contains("visible"), "{shown}");
+        let back: toml::Table = shown.parse().unwrap();
+        assert_eq!(back["auth"]["session_key"].as_str(), Some("[redacted]"));
+        assert_eq!(back["http"]["bind"].as_str(), Some("127.0.0.1:8080"));
     }
 
     #[test]

@@ -23,6 +23,14 @@ use store::batch::WriteConfig;
 use store::repository::ListenSms;
 use store::{Reader, Repository};
 
+/// The version and the commit the binary was built from (see `build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DUKA_COMMIT"),
+    ")"
+);
+
 /// A running service.
 pub struct Duka {
     pub addr: SocketAddr,
@@ -30,7 +38,8 @@ pub struct Duka {
     /// `None` when SMS is disabled.
     pub sms: Option<Addr<sms::SmsDispatcher>>,
     pub live: live::Live,
-    /// The token generated at first start (token mode with no `auth.tokens`).
+    /// The API token, when this start generated it (token mode with no `auth.tokens` and
+    /// none kept yet); later starts use the kept one and leave this `None`.
     pub generated_token: Option<String>,
     server: actix_web::dev::Server,
     sms_drain: Duration,
@@ -88,8 +97,32 @@ impl DukaHandle {
 #[error("{0}")]
 pub struct StartError(pub String);
 
+/// Says where this start keeps its state: an operator must be able to tell from the log
+/// which database a process uses (and whether it just made an empty one).
+fn log_locations(settings: &Settings) {
+    let data_dir = settings.data_dir.display().to_string();
+    match settings.sqlite_path() {
+        Some(path) => {
+            let exists = path.exists();
+            tracing::info!(
+                database = %path.display(),
+                data_dir,
+                "SQLite database {}",
+                if exists { "found" } else { "not found: creating a new one" }
+            );
+        }
+        None => tracing::info!(
+            database = %config::without_password(&settings.database.url),
+            data_dir,
+            "database"
+        ),
+    }
+}
+
 /// Opens the database and applies pending migrations.
 pub async fn migrate(settings: &Settings) -> Result<(), StartError> {
+    tracing::info!(version = VERSION, "duka migrate");
+    log_locations(settings);
     let db = store::connect(&settings.database)
         .await
         .map_err(StartError)?;
@@ -123,6 +156,8 @@ fn write_config(settings: &Settings) -> WriteConfig {
 /// Starts the service on `settings.http.bind` (port 0 picks a free one).
 pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     settings.validate().map_err(|e| StartError(e.to_string()))?;
+    tracing::info!(version = VERSION, "duka starting");
+    log_locations(&settings);
     let db = store::connect(&settings.database)
         .await
         .map_err(StartError)?;
@@ -136,14 +171,15 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         config::AuthMode::Token => {
             let mut tokens = settings.auth.tokens.clone();
             if tokens.is_empty() {
-                let (token, _) = auth::token::load_or_create(&settings.data_dir).map_err(|e| {
-                    StartError(format!(
-                        "cannot keep the API token in {}: {e}",
-                        settings.data_dir.display()
-                    ))
-                })?;
+                let (token, created) =
+                    auth::token::load_or_create(&settings.data_dir).map_err(|e| {
+                        StartError(format!(
+                            "cannot keep the API token in {}: {e}",
+                            settings.data_dir.display()
+                        ))
+                    })?;
                 tokens.push(token.clone());
-                generated_token = Some(token);
+                generated_token = created.then_some(token);
             }
             auth::Mode::Token(auth::token::TokenAuth::new(&tokens))
         }
@@ -233,6 +269,9 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
             .app_data(webhook.clone())
             .app_data(live_data.clone())
             .configure(|cfg| http::configure(cfg, authenticator.clone()))
+            // gzip or brotli as the client accepts; images, 101 upgrades and 204s stay as
+            // they are (actix's own rules).
+            .wrap(actix_web::middleware::Compress::default())
             .wrap(http::security::cors(&cors_origins))
             .wrap(actix_web::middleware::from_fn(http::security::headers))
             .wrap(actix_web::middleware::from_fn(http::request_span))

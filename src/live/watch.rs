@@ -91,30 +91,82 @@ pub enum WatchError {
     /// would not help.
     #[error("{0}")]
     Refused(String),
+    /// The first connection never succeeded: most likely a wrong URL or a server that is
+    /// not running, which retrying for ever would hide.
+    #[error("gave up after {attempts} attempts to connect: {last}")]
+    GaveUp { attempts: u32, last: String },
     #[error("{0}")]
     Other(String),
 }
 
+/// Attempts at the first connection before giving up (about 8 s with the backoff).
+pub const FIRST_CONNECT_ATTEMPTS: u32 = 5;
+
 /// Watches until the server refuses or `out` fails; reconnects (resuming after the last
-/// seen `seq`) when the connection drops.
+/// seen `seq`) when an established connection drops, for as long as it takes. A first
+/// connection that fails `FIRST_CONNECT_ATTEMPTS` times in a row ends the watch.
 pub async fn run(opts: WatchOptions, out: &mut impl Write) -> Result<(), WatchError> {
     let mut since = opts.since;
     let mut backoff = Duration::from_millis(500);
+    let mut connected_once = false;
+    let mut failures = 0;
     loop {
-        match session(&opts, &mut since, out).await {
-            Ok(reason) => eprintln!("duka watch: {reason}; reconnecting"),
-            Err(WatchError::Other(e)) => eprintln!("duka watch: {e}; reconnecting"),
-            Err(refused) => return Err(refused),
+        let mut connected = false;
+        match session(&opts, &mut since, &mut connected, out).await {
+            Ok(reason) => tracing::warn!("{reason}; reconnecting"),
+            Err(WatchError::Other(e)) => {
+                if !connected_once && !connected {
+                    failures += 1;
+                    if failures >= FIRST_CONNECT_ATTEMPTS {
+                        return Err(WatchError::GaveUp {
+                            attempts: failures,
+                            last: e,
+                        });
+                    }
+                }
+                tracing::warn!("{e}; reconnecting");
+            }
+            Err(stop) => return Err(stop),
+        }
+        if connected {
+            connected_once = true;
+            backoff = Duration::from_millis(500);
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
+/// TLS for `wss://` (`--url https://...`): the system's trusted roots (`SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` are honoured), or Mozilla's when the system has none, as in a slim image.
+fn tls_connector() -> Result<tokio_tungstenite::Connector, WatchError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // One unreadable certificate in the system store is no reason to refuse the rest.
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    // The provider is named: the dependency tree may carry more than one.
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| WatchError::Refused(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+        config,
+    )))
+}
+
 /// One connection: prints frames until it ends, keeping `since` at the last event seen.
 async fn session(
     opts: &WatchOptions,
     since: &mut Option<i64>,
+    connected: &mut bool,
     out: &mut impl Write,
 ) -> Result<String, WatchError> {
     let url = opts.ws_url(*since).map_err(WatchError::Refused)?;
@@ -125,8 +177,18 @@ async fn session(
     let bearer = HeaderValue::from_str(&format!("Bearer {}", opts.token))
         .map_err(|_| WatchError::Refused("the token is not a valid header value".into()))?;
     request.headers_mut().insert("authorization", bearer);
-    let (mut socket, _) = match tokio_tungstenite::connect_async(request).await {
-        Ok(pair) => pair,
+    let connector = if url.starts_with("wss:") {
+        tls_connector()?
+    } else {
+        tokio_tungstenite::Connector::Plain
+    };
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector));
+    let (mut socket, _) = match connecting.await {
+        Ok(pair) => {
+            *connected = true;
+            pair
+        }
         Err(WsError::Http(response)) => {
             let status = response.status();
             let body = response

@@ -1,5 +1,6 @@
 //! Storage: the sea-orm connection, migrations and the Repository actor that owns them.
 
+pub mod backup;
 pub mod batch;
 pub mod entities;
 pub mod error;

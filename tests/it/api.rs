@@ -2552,9 +2552,10 @@ async fn the_binary_migrates_then_serves_with_env_override_and_generated_token()
             let _ = self.0.wait();
         }
     }
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.stderr.take().unwrap();
     let mut child = Kill(child);
-    // Read stdout on a thread for the child's whole life so that it never blocks on a pipe.
+    // Read the log (stderr) on a thread for the child's whole life so that it never blocks
+    // on a pipe.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
@@ -2576,11 +2577,15 @@ async fn the_binary_migrates_then_serves_with_env_override_and_generated_token()
                 )
             })
             .unwrap_or_else(|| panic!("duka exited early: {:?}", child.0.try_wait()));
-        if let Some(rest) = line.strip_prefix("duka: listening on ") {
-            url = rest.split_whitespace().next().map(str::to_string);
+        let field = |name: &str| {
+            let (_, rest) = line.split_once(&format!(" {name}="))?;
+            rest.split_whitespace().next().map(str::to_string)
+        };
+        if line.contains(" listening ") {
+            url = field("url");
         }
-        if let Some(rest) = line.strip_prefix("duka: API token (kept in the data directory): ") {
-            token = Some(rest.trim().to_string());
+        if line.contains("generated an API token") {
+            token = field("token");
         }
     }
     let (url, token) = (url.unwrap(), token.unwrap());

@@ -12,6 +12,7 @@ mod support;
 
 mod api;
 mod auth;
+mod cli;
 mod dashboard;
 mod live;
 mod ops;

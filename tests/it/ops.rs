@@ -603,13 +603,10 @@ impl Binary {
             _dir: dir,
             _db: db,
         };
-        let line = binary.wait_for_line(|l| l.starts_with("duka: listening on http://"));
-        let url = line["duka: listening on http://".len()..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        binary.addr = url.parse().unwrap();
+        let line = binary.wait_for_line(|l| l.contains(r#""message":"listening""#));
+        let entry: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let url = entry["fields"]["url"].as_str().unwrap_or_default();
+        binary.addr = url.trim_start_matches("http://").parse().unwrap();
         binary
     }
 
