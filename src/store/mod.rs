@@ -2,6 +2,7 @@
 
 pub mod entities;
 pub mod error;
+pub mod gauges;
 pub mod reads;
 pub mod repository;
 pub mod views;
