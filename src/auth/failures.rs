@@ -3,7 +3,7 @@
 //! at most `MAX_BLOCK`). A quiet minute forgets an address.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 /// Failures an address may make within `QUIET` of each other before it is held back.
@@ -22,7 +22,8 @@ struct Entry {
 
 pub struct FailureLimiter {
     enabled: bool,
-    entries: Mutex<HashMap<String, Entry>>,
+    /// Read on every request, written only on a failure.
+    entries: RwLock<HashMap<String, Entry>>,
 }
 
 fn secs(d: Duration) -> u64 {
@@ -33,8 +34,12 @@ impl FailureLimiter {
     pub fn new(enabled: bool) -> Self {
         Self {
             enabled,
-            entries: Mutex::new(HashMap::new()),
+            entries: RwLock::new(HashMap::new()),
         }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
     }
 
     /// `Err(seconds to wait)` while `key` is held back: its attempts are not even checked.
@@ -43,7 +48,7 @@ impl FailureLimiter {
             return Ok(());
         }
         let now = Instant::now();
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         match entries.get(key).and_then(|e| e.blocked_until) {
             Some(until) if until > now => Err(secs(until - now)),
             _ => Ok(()),
@@ -56,7 +61,7 @@ impl FailureLimiter {
             return Ok(());
         }
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= SWEEP_AT {
             entries.retain(|_, e| {
                 now.duration_since(e.last) < QUIET || e.blocked_until.is_some_and(|u| u > now)
