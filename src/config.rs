@@ -24,7 +24,7 @@ pub struct Settings {
     pub log: Log,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
     pub bind: String,
@@ -33,9 +33,13 @@ pub struct Http {
     pub rate_limit: RateLimit,
     /// Origins (`https://shop.example`) whose pages may call the API cross-origin.
     pub cors_allowed_origins: Vec<String>,
+    /// Peers (addresses or CIDR ranges) whose `X-Forwarded-For/-Proto/-Host` are believed.
+    pub trusted_proxies: Vec<String>,
+    /// Seconds a client may take to send a request body.
+    pub body_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimit {
     pub enabled: bool,
@@ -43,7 +47,7 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Database {
     pub url: String,
@@ -59,7 +63,7 @@ pub enum AuthMode {
     Oidc,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     pub mode: AuthMode,
@@ -70,7 +74,7 @@ pub struct Auth {
     pub oidc: Oidc,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Oidc {
     pub issuer_url: String,
@@ -82,9 +86,12 @@ pub struct Oidc {
     pub scopes: Vec<String>,
     pub allowed_domains: Vec<String>,
     pub allowed_emails: Vec<String>,
+    /// With both allow lists empty, the server starts only when this says that every
+    /// account of the issuer may sign in.
+    pub allow_any_account: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Orders {
     pub default_currency: String,
@@ -97,7 +104,7 @@ pub enum SmsProviderKind {
     Africastalking,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Sms {
     pub enabled: bool,
@@ -121,7 +128,7 @@ pub struct Sms {
     pub africastalking: AfricasTalking,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Templates {
     pub created: String,
@@ -143,7 +150,7 @@ impl Templates {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AfricasTalking {
     pub username: String,
@@ -153,7 +160,7 @@ pub struct AfricasTalking {
     pub webhook_secret: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Live {
     pub retention_days: u32,
@@ -164,6 +171,10 @@ pub struct Live {
     pub recent_events: usize,
     pub ping_interval_secs: u64,
     pub idle_timeout_secs: u64,
+    /// Open WebSockets in all (on this instance); beyond it the upgrade gets 429.
+    pub max_connections: usize,
+    /// Open WebSockets of one principal (on this instance); beyond it the upgrade gets 429.
+    pub max_connections_per_principal: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,7 +184,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     pub format: LogFormat,
@@ -203,6 +214,8 @@ impl Default for Http {
             workers: 0,
             rate_limit: RateLimit::default(),
             cors_allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            body_timeout_secs: 10,
         }
     }
 }
@@ -251,6 +264,7 @@ impl Default for Oidc {
             scopes: vec!["openid".into(), "email".into(), "profile".into()],
             allowed_domains: Vec::new(),
             allowed_emails: Vec::new(),
+            allow_any_account: false,
         }
     }
 }
@@ -317,6 +331,8 @@ impl Default for Live {
             recent_events: 1024,
             ping_interval_secs: 15,
             idle_timeout_secs: 45,
+            max_connections: 10_000,
+            max_connections_per_principal: 200,
         }
     }
 }
@@ -330,17 +346,46 @@ impl Default for Log {
     }
 }
 
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match serde_json::to_value(self) {
-            Ok(mut value) => {
-                redact(None, &mut value);
-                write!(f, "Settings {value}")
-            }
-            Err(_) => f.write_str("Settings { .. }"),
+/// Every settings struct prints through serde with its secrets redacted, so that no part
+/// of the settings can leak a secret through `{:?}`.
+fn fmt_redacted<T: Serialize>(
+    name: &str,
+    value: &T,
+    f: &mut std::fmt::Formatter<'_>,
+) -> std::fmt::Result {
+    match serde_json::to_value(value) {
+        Ok(mut value) => {
+            redact(None, &mut value);
+            write!(f, "{name} {value}")
         }
+        Err(_) => write!(f, "{name} {{ .. }}"),
     }
 }
+
+macro_rules! redacted_debug {
+    ($($ty:ident),*) => {$(
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                fmt_redacted(stringify!($ty), self, f)
+            }
+        }
+    )*};
+}
+
+redacted_debug!(
+    Settings,
+    Http,
+    RateLimit,
+    Database,
+    Auth,
+    Oidc,
+    Orders,
+    Sms,
+    Templates,
+    AfricasTalking,
+    Live,
+    Log
+);
 
 /// Words that mark a key as holding a secret (`auth.tokens`, `sms.africastalking.api_key`,
 /// `webhook_secret`, and whatever secret keys come later: `client_secret`, `session_key`...).
@@ -361,8 +406,11 @@ fn redact(key: Option<&str>, value: &mut serde_json::Value) {
             }
         }
         Value::String(s) if secret && !s.is_empty() => *s = "[redacted]".into(),
-        // A password inside a URL (database.url = postgres://user:pass@host/db).
-        Value::String(s) => *s = without_password(s),
+        Value::String(s) => {
+            if let Some(shown) = redact_url(s) {
+                *s = shown;
+            }
+        }
         _ => {}
     }
 }
@@ -386,15 +434,39 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// A URL with its password (if any) replaced by `redacted`, for logs and messages.
+/// A URL with its secrets (password, secret query values) replaced by `redacted`, for logs
+/// and messages.
 pub fn without_password(text: &str) -> String {
-    match url::Url::parse(text) {
-        Ok(mut url) if url.password().is_some() => match url.set_password(Some("redacted")) {
-            Ok(()) => url.to_string(),
-            Err(()) => "[redacted]".into(),
-        },
-        _ => text.to_string(),
+    redact_url(text).unwrap_or_else(|| text.to_string())
+}
+
+/// A URL with its secrets hidden: the password (`postgres://user:pass@host/db`) and query
+/// values whose names mark a secret (`?password=`, `?sslpassword=`, `?token=`); `None` when
+/// there is nothing to hide.
+fn redact_url(text: &str) -> Option<String> {
+    let mut url = url::Url::parse(text).ok()?;
+    let mut changed = false;
+    if url.password().is_some() && url.set_password(Some("redacted")).is_ok() {
+        changed = true;
     }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let lower = k.to_ascii_lowercase();
+                if SECRET_WORDS.iter().any(|w| lower.contains(w)) && !v.is_empty() {
+                    changed = true;
+                    (k.into_owned(), "redacted".to_string())
+                } else {
+                    (k.into_owned(), v.into_owned())
+                }
+            })
+            .collect();
+        if changed {
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+    }
+    changed.then(|| url.to_string())
 }
 
 /// A configuration problem, named by its key, e.g. `http.bind: invalid address "x"`.
@@ -603,6 +675,12 @@ impl Settings {
                 ));
             }
         }
+        for (i, proxy) in self.http.trusted_proxies.iter().enumerate() {
+            parse_proxy(proxy).map_err(|e| key_error(&format!("http.trusted_proxies[{i}]"), e))?;
+        }
+        if self.http.body_timeout_secs == 0 {
+            return Err(key_error("http.body_timeout_secs", "must be at least 1"));
+        }
         for (i, token) in self.auth.tokens.iter().enumerate() {
             if token.len() < 8 || token.bytes().any(|b| !b.is_ascii_graphic()) {
                 return Err(key_error(
@@ -679,8 +757,14 @@ impl Settings {
         }
         if self.sms.enabled && self.sms.provider == SmsProviderKind::Africastalking {
             let at = &self.sms.africastalking;
-            url::Url::parse(&at.base_url)
+            let base = url::Url::parse(&at.base_url)
                 .map_err(|e| key_error("sms.africastalking.base_url", e))?;
+            if !https_or_loopback(&base) {
+                return Err(key_error(
+                    "sms.africastalking.base_url",
+                    "must be an https:// URL (plain http only to a loopback address)",
+                ));
+            }
             if at.api_key.is_empty() {
                 return Err(key_error(
                     "sms.africastalking.api_key",
@@ -693,6 +777,12 @@ impl Settings {
                     "is required when sms.provider = \"africastalking\"",
                 ));
             }
+        }
+        if self.live.max_connections == 0 || self.live.max_connections_per_principal == 0 {
+            return Err(key_error(
+                "live.max_connections",
+                "max_connections and max_connections_per_principal must be at least 1",
+            ));
         }
         if self.live.retention_days == 0 {
             return Err(key_error("live.retention_days", "must be at least 1"));
@@ -725,10 +815,11 @@ impl Settings {
                 },
             )
         })?;
-        if !matches!(issuer.scheme(), "https" | "http") || issuer.query().is_some() {
+        if !https_or_loopback(&issuer) || issuer.query().is_some() {
             return Err(key_error(
                 "auth.oidc.issuer_url",
-                "must be an https:// URL without a query, e.g. https://accounts.google.com",
+                "must be an https:// URL without a query, e.g. https://accounts.google.com \
+                 (plain http only to a loopback address)",
             ));
         }
         if o.client_id.is_empty() {
@@ -772,7 +863,38 @@ impl Settings {
                 ));
             }
         }
+        // Without a list, every account of the issuer (every Google account, every user of
+        // an Auth0 tenant) could sign in: that must be said, not assumed.
+        if o.allowed_domains.is_empty() && o.allowed_emails.is_empty() && !o.allow_any_account {
+            return Err(key_error(
+                "auth.oidc.allow_any_account",
+                "auth.oidc.allowed_domains and allowed_emails are both empty: list who may \
+                 sign in, or set allow_any_account = true to let every account of the issuer in",
+            ));
+        }
         Ok(())
+    }
+
+    /// Settings that work but weaken the service; `serve` logs each at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.auth.mode == AuthMode::Token {
+            for (i, token) in self.auth.tokens.iter().enumerate() {
+                if token.len() < 16 {
+                    warnings.push(format!(
+                        "auth.tokens[{i}] is shorter than 16 characters: easy to guess"
+                    ));
+                }
+            }
+        }
+        let secret = &self.sms.africastalking.webhook_secret;
+        if !secret.is_empty() && secret.chars().count() < 32 {
+            warnings.push(
+                "sms.africastalking.webhook_secret is shorter than 32 characters: easy to guess"
+                    .into(),
+            );
+        }
+        warnings
     }
 
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -799,6 +921,28 @@ impl Settings {
     }
 }
 
+/// An address (`10.0.0.1`) or a CIDR range (`10.0.0.0/8`).
+pub fn parse_proxy(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or CIDR range such as 10.0.0.0/8"))
+}
+
+/// https, or plain http to this machine (a local test issuer or provider fake).
+fn https_or_loopback(url: &url::Url) -> bool {
+    match url.scheme() {
+        "https" => url.host().is_some(),
+        "http" => match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -822,7 +966,23 @@ mod tests {
         s.sms.africastalking.api_key = "atsk_visible_nowhere".into();
         s.sms.africastalking.webhook_secret = "hook-visible-nowhere".into();
         s.database.url = "postgres://duka:pw-visible-nowhere@db.example/duka".into();
+        s.auth.session_key = "key-visible-nowhere-key-visible-nowhere".into();
+        s.auth.oidc.client_secret = "cs-visible-nowhere".into();
         let shown = format!("{s:?}");
+        let parts = format!(
+            "{:?} {:?} {:?} {:?}",
+            s.auth, s.auth.oidc, s.sms.africastalking, s.database
+        );
+        assert!(!parts.contains("visible"), "{parts}");
+        let db = Database {
+            url: "postgres://db.example/duka?user=duka&password=pw-visible-nowhere".into(),
+            ..Database::default()
+        };
+        let url = format!("{db:?}");
+        assert!(
+            !url.contains("visible") && url.contains("user=duka"),
+            "{url}"
+        );
         assert!(
             !shown.contains("visible-nowhere") && !shown.contains("visible_nowhere"),
             "{shown}"
@@ -914,9 +1074,26 @@ mod tests {
             .to_string();
         assert!(err.starts_with("auth.oidc.client_id:"), "{err}");
         let client = "client_id = \"c\"\n";
+        let err = from_toml(&format!("{base}{issuer}{client}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("auth.oidc.allow_any_account:"), "{err}");
+        let base = "[auth]\nmode = \"oidc\"\n[auth.oidc]\nallow_any_account = true\n";
         assert!(
             from_toml(&format!("{base}{issuer}{client}")).is_ok(),
             "API tokens only"
+        );
+        let err = from_toml(&format!(
+            "{base}issuer_url = \"http://idp.example\"\n{client}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("auth.oidc.issuer_url:"), "{err}");
+        assert!(
+            from_toml(&format!(
+                "{base}issuer_url = \"http://127.0.0.1:9/\"\n{client}"
+            ))
+            .is_ok()
         );
         let err = from_toml(&format!(
             "{base}{issuer}{client}redirect_url = \"https://d.example/auth/callback\""

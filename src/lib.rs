@@ -158,6 +158,10 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     settings.validate().map_err(|e| StartError(e.to_string()))?;
     tracing::info!(version = VERSION, "duka starting");
     log_locations(&settings);
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let open_files = raise_open_file_limit();
     let db = store::connect(&settings.database)
         .await
         .map_err(StartError)?;
@@ -183,11 +187,15 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
             }
             auth::Mode::Token(auth::token::TokenAuth::new(&tokens))
         }
-        config::AuthMode::Oidc => auth::Mode::Oidc(std::sync::Arc::new(
-            auth::oidc::OidcAuth::discover(&settings.auth.oidc)
-                .await
-                .map_err(|e| StartError(e.to_string()))?,
-        )),
+        config::AuthMode::Oidc => {
+            let oidc = std::sync::Arc::new(
+                auth::oidc::OidcAuth::discover(&settings.auth.oidc)
+                    .await
+                    .map_err(|e| StartError(e.to_string()))?,
+            );
+            actix_web::rt::spawn(oidc.clone().keep_keys_fresh());
+            auth::Mode::Oidc(oidc)
+        }
     };
     let retention = live::retention(&settings);
     store::maintenance::run(&db, retention).await;
@@ -195,6 +203,9 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         .await
         .map_err(|e| StartError(format!("cannot read the event log: {e}")))?;
 
+    if settings.sms.enabled {
+        actix_web::rt::spawn(metrics::track_sms_queue(db.clone()));
+    }
     let repo = Repository::new(db.clone(), write_config(&settings), retention).start_alone();
     // First listener, before anything can write: the hub must see every commit after
     // `latest_seq`.
@@ -243,11 +254,19 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     };
     let webhook = web::Data::new(http::webhooks::DeliveryWebhook::new(
         &settings.sms.africastalking.webhook_secret,
+        settings.http.rate_limit.enabled,
     ));
     let region = settings.region();
     let currency = Currency::parse(&settings.orders.default_currency)
         .map_err(|e| StartError(format!("orders.default_currency: {e}")))?;
     let writer = repo.clone();
+    let proxies = web::Data::new(
+        http::security::TrustedProxies::parse(&settings.http.trusted_proxies)
+            .map_err(|e| StartError(format!("http.trusted_proxies: {e}")))?,
+    );
+    let body_timeout = web::Data::new(http::body::BodyTimeout(Duration::from_secs(
+        settings.http.body_timeout_secs,
+    )));
 
     // Installed before serving so that the first scrape already sees every described metric.
     metrics::handle();
@@ -268,10 +287,13 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
             .app_data(state)
             .app_data(webhook.clone())
             .app_data(live_data.clone())
+            .app_data(proxies.clone())
+            .app_data(body_timeout.clone())
             .configure(|cfg| http::configure(cfg, authenticator.clone()))
             // gzip or brotli as the client accepts; images, 101 upgrades and 204s stay as
             // they are (actix's own rules).
             .wrap(actix_web::middleware::Compress::default())
+            .wrap(actix_web::middleware::from_fn(http::body::deadline))
             .wrap(http::security::cors(&cors_origins))
             .wrap(actix_web::middleware::from_fn(http::security::headers))
             .wrap(actix_web::middleware::from_fn(http::request_span))
@@ -283,6 +305,11 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     if settings.http.workers > 0 {
         server = server.workers(settings.http.workers);
     }
+    let workers = match settings.http.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    server = server.max_connections(connections_per_worker(open_files, workers));
     let server = server
         .bind(bind)
         .map_err(|e| StartError(format!("http.bind: cannot listen on {bind}: {e}")))?;
@@ -300,4 +327,56 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         server: server.run(),
         sms_drain: Duration::from_secs(settings.sms.request_timeout_secs + 2),
     })
+}
+
+/// Raises the soft limit on open files to the hard limit (every socket holds a descriptor,
+/// a WebSocket two); returns the limit in force.
+fn raise_open_file_limit() -> u64 {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return 1024;
+            }
+            if limit.rlim_cur < limit.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    tracing::debug!(
+                        from = limit.rlim_cur,
+                        to = limit.rlim_max,
+                        "open file limit raised"
+                    );
+                    limit = raised;
+                } else {
+                    tracing::warn!(
+                        limit = limit.rlim_cur,
+                        "could not raise the open file limit"
+                    );
+                }
+            }
+        }
+        #[allow(clippy::useless_conversion)]
+        u64::try_from(limit.rlim_cur).unwrap_or(u64::MAX)
+    }
+    #[cfg(not(unix))]
+    {
+        u64::MAX
+    }
+}
+
+/// Connections each worker may hold so that all of them, two descriptors each (a
+/// WebSocket's second is its watchdog handle), fit under the open file limit with room
+/// left for the database pool, log files and the like.
+fn connections_per_worker(open_files: u64, workers: usize) -> usize {
+    const RESERVED: u64 = 256;
+    let per_worker = open_files.saturating_sub(RESERVED) / 2 / (workers.max(1) as u64);
+    usize::try_from(per_worker.clamp(64, 25_000)).unwrap_or(25_000)
 }

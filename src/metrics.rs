@@ -83,16 +83,32 @@ pub fn render() -> String {
     handle().render()
 }
 
-/// One finished HTTP request; `route` is the matched pattern (never the raw path, whose ids
-/// would make one series per resource).
-pub fn http_request(method: &str, route: &str, status: u16, latency: Duration) {
+/// One finished HTTP request; `route` is the matched pattern or `unmatched` (never the raw
+/// path, whose ids would make one series per resource). Every label comes from a closed set,
+/// so that no request can add a series: any token is a valid HTTP method, so unknown ones
+/// are `other`.
+pub fn http_request(method: &actix_web::http::Method, route: &str, status: u16, latency: Duration) {
     let labels = [
-        ("method", method.to_string()),
+        ("method", method_label(method).to_string()),
         ("route", route.to_string()),
         ("status", status.to_string()),
     ];
     counter!(HTTP_REQUESTS, &labels).increment(1);
     histogram!(HTTP_DURATION, &labels).record(latency.as_secs_f64());
+}
+
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 pub fn orders_created(n: u64) {
@@ -104,14 +120,34 @@ pub fn events_published(kind: &str, n: u64) {
     counter!(EVENTS_PUBLISHED, "type" => kind.to_string()).increment(n);
 }
 
-/// An SMS reached `status` (`sent`, `delivered`, `failed`...).
-pub fn sms_status(status: &str) {
-    counter!(SMS, "status" => status.to_string()).increment(1);
+/// Committed SMS status changes (`sent`, `delivered`, `failed`...); `status` comes from a
+/// notification row, anything unexpected is counted as `other`.
+pub fn sms_status(status: &str, n: u64) {
+    let status = crate::domain::notification::NotificationStatus::parse(status)
+        .map(|s| s.as_str())
+        .unwrap_or("other");
+    counter!(SMS, "status" => status).increment(n);
 }
 
 /// Notifications currently waiting to be sent.
-pub fn sms_queue_depth(depth: usize) {
+pub fn sms_queue_depth(depth: u64) {
     gauge!(SMS_QUEUE_DEPTH).set(depth as f64);
+}
+
+/// How often the SMS queue depth is read from the database.
+pub const QUEUE_DEPTH_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps the SMS queue depth gauge current from a count of `queued` rows (the database is
+/// the queue, whichever instance sends). Runs until the actix system stops.
+pub async fn track_sms_queue(db: sea_orm::DatabaseConnection) {
+    let mut tick = tokio::time::interval(QUEUE_DEPTH_EVERY);
+    loop {
+        tick.tick().await;
+        match crate::store::gauges::queued_notifications(&db).await {
+            Ok(depth) => sms_queue_depth(depth),
+            Err(e) => tracing::debug!(error = %e, "could not read the SMS queue depth"),
+        }
+    }
 }
 
 pub fn websocket_opened() {

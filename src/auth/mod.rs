@@ -3,6 +3,7 @@
 //! browsers in with it. In both, a browser may instead hold a session cookie (`session`).
 //! The extractor and middleware are mode-agnostic.
 
+pub mod failures;
 pub mod oidc;
 pub mod routes;
 pub mod session;
@@ -47,8 +48,10 @@ pub enum AuthFailure {
     UnknownKey,
     DisallowedAlgorithm,
     Malformed,
-    /// The session cookie names no live session (ended, expired or forged).
+    /// The session cookie names no live session (ended or expired).
     SessionEnded,
+    /// The session cookie's signature is wrong: not a cookie this service made.
+    ForgedSession,
     /// A browser sign-in step failed.
     Login(&'static str),
     /// Authenticated, but the allow lists say no (403).
@@ -60,24 +63,65 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    /// Which check failed, for the log: the answer names none of them, so that a caller
+    /// probing the verifier learns nothing from it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Invalid => "invalid",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not yet valid (nbf)",
+            Self::WrongAudience => "wrong audience (aud)",
+            Self::WrongIssuer => "wrong issuer (iss)",
+            Self::BadSignature => "bad signature",
+            Self::UnknownKey => "unknown key (kid)",
+            Self::DisallowedAlgorithm => "disallowed algorithm (alg)",
+            Self::Malformed => "malformed",
+            Self::SessionEnded => "session ended",
+            Self::ForgedSession => "forged session cookie",
+            Self::Login(why) => why,
+            Self::NotAllowed(_) => "not allowed",
+            Self::CrossOrigin => "cross origin",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// A credential was presented and it was wrong: counts as a guess. A genuine cookie of
+    /// a session that has ended is not one (a dashboard left open polls with it).
+    pub fn is_guess(&self) -> bool {
+        matches!(
+            self,
+            Self::Invalid
+                | Self::Expired
+                | Self::NotYetValid
+                | Self::WrongAudience
+                | Self::WrongIssuer
+                | Self::BadSignature
+                | Self::UnknownKey
+                | Self::DisallowedAlgorithm
+                | Self::Malformed
+                | Self::ForgedSession
+        )
+    }
+
     pub fn into_api_error(self) -> ApiError {
         let unauthorized = |s: &str| ApiError::Unauthorized(s.to_string());
         match self {
             Self::Missing => unauthorized(
                 "credentials are required: send Authorization: Bearer <token> or sign in",
             ),
-            Self::Invalid => unauthorized("the credentials are not valid"),
-            Self::Expired => unauthorized("the token has expired"),
-            Self::NotYetValid => unauthorized("the token is not valid yet (nbf)"),
-            Self::WrongAudience => unauthorized("the token is meant for another audience (aud)"),
-            Self::WrongIssuer => unauthorized("the token is from another issuer (iss)"),
-            Self::BadSignature => unauthorized("the token's signature is not valid"),
-            Self::UnknownKey => unauthorized("the token is signed with an unknown key (kid)"),
-            Self::DisallowedAlgorithm => {
-                unauthorized("the token's signing algorithm (alg) is not accepted")
+            Self::Invalid
+            | Self::Expired
+            | Self::NotYetValid
+            | Self::WrongAudience
+            | Self::WrongIssuer
+            | Self::BadSignature
+            | Self::UnknownKey
+            | Self::DisallowedAlgorithm
+            | Self::Malformed => unauthorized("the credentials are not valid"),
+            Self::SessionEnded | Self::ForgedSession => {
+                unauthorized("the session has ended; sign in again")
             }
-            Self::Malformed => unauthorized("the token is malformed"),
-            Self::SessionEnded => unauthorized("the session has ended; sign in again"),
             Self::Login(why) => unauthorized(&format!("sign-in failed: {why}")),
             Self::NotAllowed(why) => ApiError::Forbidden(why),
             Self::CrossOrigin => ApiError::Forbidden(
@@ -99,12 +143,38 @@ pub struct Authenticator {
     pub sessions: Sessions,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
     checks: AtomicU64,
+    /// Failed guesses per client address, apart from the normal rate.
+    pub guesses: failures::FailureLimiter,
+}
+
+/// What a request proved itself with; kept by a WebSocket so it can be checked again.
+#[derive(Clone)]
+pub enum Credential {
+    Bearer(String),
+    /// The session cookie's value.
+    Session(String),
+}
+
+/// A verified credential: who, and until when (a JWT's `exp`, in seconds since the epoch).
+pub struct Verified {
+    pub principal: Principal,
+    pub expires_at: Option<i64>,
 }
 
 /// A principal and how it was proven.
 pub struct Authenticated {
     pub principal: Principal,
     pub by_cookie: bool,
+    pub credential: Credential,
+    pub expires_at: Option<i64>,
+}
+
+/// The credential behind a request's principal, for handlers that outlive the request
+/// (the WebSocket re-checks it).
+#[derive(Clone)]
+pub struct Proof {
+    pub credential: Credential,
+    pub expires_at: Option<i64>,
 }
 
 impl Authenticator {
@@ -119,6 +189,7 @@ impl Authenticator {
             sessions,
             limiter,
             checks: AtomicU64::new(0),
+            guesses: failures::FailureLimiter::new(rate.enabled),
         }
     }
 
@@ -137,27 +208,47 @@ impl Authenticator {
     }
 
     /// Checks a bearer credential (a configured token, or a JWT in OIDC mode).
-    pub async fn verify_bearer(&self, bearer: &str) -> Result<Principal, AuthFailure> {
+    pub async fn verify_bearer(&self, bearer: &str) -> Result<Verified, AuthFailure> {
         match &self.mode {
-            Mode::Token(tokens) => tokens.authenticate(Some(bearer)),
+            Mode::Token(tokens) => Ok(Verified {
+                principal: tokens.authenticate(Some(bearer))?,
+                expires_at: None,
+            }),
             Mode::Oidc(oidc) => oidc.verify_bearer(bearer).await,
         }
     }
 
     /// A bearer credential wins over a session cookie: a client that sends one means it.
     pub async fn authenticate(&self, req: &HttpRequest) -> Result<Authenticated, AuthFailure> {
-        if let Some(bearer) = bearer_token(req) {
-            return Ok(Authenticated {
-                principal: self.verify_bearer(&bearer).await?,
-                by_cookie: false,
-            });
-        }
-        let Some(cookie) = req.cookie(SESSION_COOKIE) else {
+        let credential = if let Some(bearer) = bearer_token(req) {
+            Credential::Bearer(bearer)
+        } else if let Some(cookie) = req.cookie(SESSION_COOKIE) {
+            Credential::Session(cookie.value().to_string())
+        } else {
             return Err(AuthFailure::Missing);
         };
-        let principal = self
+        let verified = self.verify(&credential).await?;
+        Ok(Authenticated {
+            principal: verified.principal,
+            by_cookie: matches!(credential, Credential::Session(_)),
+            credential,
+            expires_at: verified.expires_at,
+        })
+    }
+
+    /// Checks a credential as it stands now (a session may have ended since, a token
+    /// expired or left the settings).
+    pub async fn verify(&self, credential: &Credential) -> Result<Verified, AuthFailure> {
+        let cookie = match credential {
+            Credential::Bearer(bearer) => return self.verify_bearer(bearer).await,
+            Credential::Session(cookie) => cookie,
+        };
+        if self.sessions.id_hash_of(cookie).is_none() {
+            return Err(AuthFailure::ForgedSession);
+        }
+        let (principal, expires_at) = self
             .sessions
-            .find(cookie.value())
+            .find(cookie)
             .await
             .map_err(|e| AuthFailure::Unavailable(e.to_string()))?
             .ok_or(AuthFailure::SessionEnded)?;
@@ -169,7 +260,7 @@ impl Authenticator {
                 if principal.mode != "oidc" {
                     false
                 } else {
-                    oidc.check_allowed(&principal, None)?;
+                    oidc.check_allowed(&principal, Some(true))?;
                     true
                 }
             }
@@ -177,9 +268,9 @@ impl Authenticator {
         if !still_valid {
             return Err(AuthFailure::SessionEnded);
         }
-        Ok(Authenticated {
+        Ok(Verified {
             principal,
-            by_cookie: true,
+            expires_at: Some(expires_at / 1000),
         })
     }
 
@@ -200,6 +291,35 @@ impl Authenticator {
             wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
         })
     }
+
+    /// Logs a refused credential with the check that failed and, when it was a guess,
+    /// counts it against the address; `Err` is the answer to give instead (429).
+    pub fn refused(&self, req: &HttpRequest, failure: &AuthFailure) -> Result<(), ApiError> {
+        if failure.is_guess() {
+            tracing::info!(reason = failure.reason(), client = %client_key(req), "credentials refused");
+            if !self.guesses.enabled() {
+                return Ok(());
+            }
+            self.guesses
+                .failed(&client_key(req))
+                .map_err(|secs| ApiError::RateLimited {
+                    retry_after_secs: secs,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// `Err` (429) while the request's address is held back for failed guesses.
+    pub fn guesses_allowed(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        if !self.guesses.enabled() {
+            return Ok(());
+        }
+        self.guesses
+            .check(&client_key(req))
+            .map_err(|secs| ApiError::RateLimited {
+                retry_after_secs: secs,
+            })
+    }
 }
 
 /// The bearer credential of a request; the WebSocket upgrade may carry it as
@@ -219,14 +339,7 @@ fn bearer_token(req: &HttpRequest) -> Option<String> {
     None
 }
 
-fn client_key(req: &ServiceRequest) -> String {
-    format!(
-        "ip:{}",
-        req.peer_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default()
-    )
-}
+pub use crate::http::security::client_key;
 
 /// Refuses requests without a valid principal (401) or over their rate (429).
 pub async fn require_principal(
@@ -239,10 +352,15 @@ pub async fn require_principal(
             ApiError::Internal("no authenticator configured".into()),
         ));
     };
+    if let Err(e) = auth.guesses_allowed(req.request()) {
+        return Ok(refuse(req, e));
+    }
     match auth.authenticate(req.request()).await {
         Ok(Authenticated {
             principal,
             by_cookie,
+            credential,
+            expires_at,
         }) => {
             if by_cookie && !cookie_use_allowed(req.request()) {
                 return Ok(refuse(req, AuthFailure::CrossOrigin.into_api_error()));
@@ -256,10 +374,17 @@ pub async fn require_principal(
                 ));
             }
             req.extensions_mut().insert(principal);
+            req.extensions_mut().insert(Proof {
+                credential,
+                expires_at,
+            });
             Ok(next.call(req).await?.map_into_left_body())
         }
         Err(failure) => {
-            if let Err(secs) = auth.check_rate(&client_key(&req)) {
+            if let Err(e) = auth.refused(req.request(), &failure) {
+                return Ok(refuse(req, e));
+            }
+            if let Err(secs) = auth.check_rate(&client_key(req.request())) {
                 return Ok(refuse(
                     req,
                     ApiError::RateLimited {
@@ -276,8 +401,19 @@ pub async fn require_principal(
 pub async fn authenticate_optional(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     if let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned() {
+        // Sign-in attempts are held to the per-address API rate, and to the guess limit.
+        let limited = auth.guesses_allowed(req.request()).err().or_else(|| {
+            auth.check_rate(&client_key(req.request()))
+                .err()
+                .map(|secs| ApiError::RateLimited {
+                    retry_after_secs: secs.max(1),
+                })
+        });
+        if let Some(e) = limited {
+            return Ok(req.into_response(e.error_response()).map_into_right_body());
+        }
         match auth.authenticate(req.request()).await {
             Ok(found) => {
                 req.extensions_mut().insert(found.principal);
@@ -291,7 +427,7 @@ pub async fn authenticate_optional(
             }
         }
     }
-    next.call(req).await
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// Marks a request whose principal came from the session cookie.
@@ -299,11 +435,11 @@ pub async fn authenticate_optional(
 pub struct ByCookie;
 
 /// Whether a request's `Origin` is this server itself (scheme and host, as a browser sees
-/// them, proxies' `X-Forwarded-Proto`/`-Host` included).
+/// them, `X-Forwarded-Proto`/`-Host` included when a trusted proxy sent them).
 pub fn same_origin(req: &HttpRequest) -> Option<bool> {
     let origin = req.headers().get(header::ORIGIN)?.to_str().ok()?;
-    let info = req.connection_info();
-    Some(origin.eq_ignore_ascii_case(&format!("{}://{}", info.scheme(), info.host())))
+    let info = crate::http::security::client_info(req);
+    Some(origin.eq_ignore_ascii_case(&format!("{}://{}", info.scheme, info.host)))
 }
 
 /// A session cookie may ride a safe request from anywhere (SameSite=Lax already keeps it

@@ -1,10 +1,11 @@
 //! OIDC mode: the issuer is discovered at start; API bearer JWTs are verified with
-//! `jsonwebtoken` against the issuer's JWKS (cached, refreshed when a token names an unknown
-//! key, at most once per `REFRESH_EVERY`); browsers sign in with the authorization code flow
-//! (PKCE, state, nonce) run by `openidconnect`.
+//! `jsonwebtoken` against the issuer's JWKS (cached; refreshed when a token names an unknown
+//! key and on a timer, as the JWKS's `Cache-Control: max-age` says and at least daily, so a
+//! withdrawn key stops being trusted; never more than once per `REFRESH_EVERY`); browsers
+//! sign in with the authorization code flow (PKCE, state, nonce) run by `openidconnect`.
 
 use super::session::SessionKey;
-use super::{AuthFailure, Principal};
+use super::{AuthFailure, Principal, Verified};
 use crate::config;
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
@@ -26,6 +27,10 @@ use url::Url;
 
 /// A flood of tokens naming unknown keys fetches the JWKS at most this often.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// The JWKS is fetched again at least this often, whatever its `max-age` says.
+const REFRESH_AT_LEAST: Duration = Duration::from_secs(86_400);
+/// After a failed scheduled fetch, the next try comes this soon (the old keys stay).
+const RETRY_FAILED: Duration = Duration::from_secs(60);
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 60;
 /// How long a sign-in may take between /auth/login and /auth/callback.
@@ -36,6 +41,8 @@ struct Keys {
     jwt: Vec<(Option<String>, DecodingKey, Option<String>)>,
     /// The same set for `openidconnect`'s ID token verifier.
     core: CoreJsonWebKeySet,
+    /// How long the issuer says the set may be cached.
+    max_age: Option<Duration>,
 }
 
 pub struct OidcAuth {
@@ -68,6 +75,8 @@ struct BearerClaims {
     email_verified: Option<serde_json::Value>,
     #[serde(default)]
     name: Option<String>,
+    /// Some issuers write it as a float.
+    exp: f64,
 }
 
 /// A sign-in in progress, kept in a signed short-lived cookie between login and callback
@@ -197,11 +206,12 @@ impl OidcAuth {
         self.metadata.is_some()
     }
 
-    /// Fetches the JWKS again unless that happened less than `REFRESH_EVERY` ago.
-    async fn refresh_keys(&self) {
+    /// Fetches the JWKS again unless that happened less than `REFRESH_EVERY` ago; `false`
+    /// when it was due but could not be fetched.
+    async fn refresh_keys(&self) -> bool {
         let mut last = self.last_refresh.lock().await;
         if last.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
-            return;
+            return true;
         }
         *last = Some(Instant::now());
         match fetch_keys(&self.http, &self.jwks_uri).await {
@@ -210,8 +220,36 @@ impl OidcAuth {
                     *current = keys;
                 }
                 tracing::info!("OIDC signing keys refreshed");
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "could not refresh the OIDC signing keys"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not refresh the OIDC signing keys");
+                false
+            }
+        }
+    }
+
+    /// How long until the cached JWKS is due again.
+    fn keys_due_in(&self) -> Duration {
+        self.keys
+            .read()
+            .ok()
+            .and_then(|k| k.max_age)
+            .unwrap_or(REFRESH_AT_LEAST)
+            .clamp(REFRESH_EVERY, REFRESH_AT_LEAST)
+    }
+
+    /// Refetches the JWKS whenever it is due, so that a key the issuer withdrew stops being
+    /// trusted even when no token names an unknown key. Runs until the actix system stops.
+    pub async fn keep_keys_fresh(self: std::sync::Arc<Self>) {
+        let mut wait = self.keys_due_in();
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = if self.refresh_keys().await {
+                self.keys_due_in()
+            } else {
+                RETRY_FAILED.min(self.keys_due_in())
+            };
         }
     }
 
@@ -230,7 +268,7 @@ impl OidcAuth {
     }
 
     /// Verifies an API bearer JWT: signature, algorithm, `iss`, `aud`, `exp`, `nbf`.
-    pub async fn verify_bearer(&self, token: &str) -> Result<Principal, AuthFailure> {
+    pub async fn verify_bearer(&self, token: &str) -> Result<Verified, AuthFailure> {
         let header = peek_header(token).ok_or(AuthFailure::Malformed)?;
         let alg = header
             .alg
@@ -282,6 +320,12 @@ impl OidcAuth {
             Some(serde_json::Value::String(s)) => Some(s == "true"),
             Some(_) => Some(false),
         };
+        // Text that reaches the database (sessions, events' actor) must not hold U+0000,
+        // which PostgreSQL refuses.
+        let nul = |t: &Option<String>| t.as_deref().is_some_and(|t| t.contains('\0'));
+        if c.sub.is_empty() || c.sub.contains('\0') || nul(&c.name) || nul(&c.email) {
+            return Err(AuthFailure::Malformed);
+        }
         let principal = Principal {
             subject: c.sub,
             name: c.name,
@@ -289,11 +333,15 @@ impl OidcAuth {
             mode: "oidc",
         };
         self.check_allowed(&principal, verified)?;
-        Ok(principal)
+        Ok(Verified {
+            principal,
+            expires_at: Some(c.exp as i64),
+        })
     }
 
-    /// `allowed_domains` / `allowed_emails`: when either is set, the email must be verified
-    /// (or at least not said to be unverified) and listed.
+    /// `allowed_domains` / `allowed_emails`: when either is set, the email must be listed and
+    /// said to be verified (`email_verified: true`): an issuer that lets anyone claim any
+    /// address must not let them in.
     pub fn check_allowed(
         &self,
         principal: &Principal,
@@ -308,7 +356,7 @@ impl OidcAuth {
                 "sign-in is restricted and the identity carries no email".into(),
             ));
         };
-        if email_verified == Some(false) {
+        if email_verified != Some(true) {
             return Err(AuthFailure::NotAllowed(
                 "sign-in is restricted and this email is not verified".into(),
             ));
@@ -456,6 +504,10 @@ impl OidcAuth {
             email: claims.email().map(|e| e.as_str().to_string()),
             mode: "oidc",
         };
+        let nul = |t: &Option<String>| t.as_deref().is_some_and(|t| t.contains('\0'));
+        if principal.subject.contains('\0') || nul(&principal.name) || nul(&principal.email) {
+            return Err(AuthFailure::Login("the ID token is not valid"));
+        }
         self.check_allowed(&principal, claims.email_verified())?;
         Ok((principal, login.next))
     }
@@ -497,6 +549,11 @@ async fn fetch_keys(http: &openidconnect::reqwest::Client, uri: &Url) -> Result<
     if !response.status().is_success() {
         return Err(format!("the JWKS at {uri} answered {}", response.status()));
     }
+    let max_age = response
+        .headers()
+        .get(openidconnect::reqwest::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(max_age);
     let body = response
         .bytes()
         .await
@@ -520,7 +577,26 @@ async fn fetch_keys(http: &openidconnect::reqwest::Client, uri: &Url) -> Result<
         let alg = value["alg"].as_str().map(str::to_string);
         jwt.push((jwk.common.key_id.clone(), key, alg));
     }
-    Ok(Keys { jwt, core })
+    Ok(Keys { jwt, core, max_age })
+}
+
+/// `max-age` of a `Cache-Control` header (`no-cache`/`no-store` mean now).
+fn max_age(cache_control: &str) -> Option<Duration> {
+    let mut age = None;
+    for directive in cache_control.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-cache" || lower == "no-store" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(secs) = lower.strip_prefix("max-age=") {
+            age = secs
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    age
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -584,6 +660,16 @@ mod tests {
         assert!(!is_allowed("ann@other.org", &domains, &emails));
         assert!(!is_allowed("ann@evilexample.com", &domains, &emails));
         assert!(!is_allowed("ann@example.com.evil.io", &domains, &emails));
+    }
+
+    #[test]
+    fn cache_control_max_age_is_read() {
+        assert_eq!(
+            max_age("public, max-age=3600"),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(max_age("no-cache"), Some(Duration::ZERO));
+        assert_eq!(max_age("public"), None);
     }
 
     #[test]

@@ -68,7 +68,8 @@ async fn me(principal: Principal) -> HttpResponse {
         (status = 403, description = "Not allowed to sign in, or a cross-origin request", body = Problem, content_type = PROBLEM_JSON),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = PROBLEM_JSON),
         (status = 422, description = "No token", body = Problem, content_type = PROBLEM_JSON),
-        (status = 429, description = "Too many failed attempts", body = Problem, content_type = PROBLEM_JSON),
+        (status = 408, description = "The body did not arrive in time", body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, description = "Rate limited per address, or too many failed attempts", body = Problem, content_type = PROBLEM_JSON),
     ))]
 async fn create_session(
     auth: web::Data<Authenticator>,
@@ -94,24 +95,45 @@ async fn create_session(
     let Some(token) = token else {
         return Err(ApiError::Internal("validated token missing".into()));
     };
-    let principal = match auth.verify_bearer(&token).await {
-        Ok(principal) => principal,
+    auth.guesses_allowed(&req)?;
+    let verified = match auth.verify_bearer(&token).await {
+        Ok(verified) => verified,
         Err(failure) => {
-            // Guessing tokens here is held to the same per-address rate as on the API.
-            let address = req
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default();
-            if let Err(secs) = auth.check_rate(&format!("ip:{address}")) {
-                return Err(ApiError::RateLimited {
-                    retry_after_secs: secs.max(1),
-                });
-            }
+            auth.refused(&req, &failure)?;
             return Err(failure.into_api_error());
         }
     };
-    let cookie = auth.sessions.create(&principal, &req).await?;
+    // The session lasts no longer than the token it was traded for.
+    let cookie = start_session(&auth, &req, &verified.principal, verified.expires_at).await?;
     Ok(HttpResponse::NoContent().cookie(cookie).finish())
+}
+
+/// Ends the session this browser had (a new sign-in replaces it, so a copy of the old
+/// cookie stops working) and starts one for `principal`.
+async fn start_session(
+    auth: &Authenticator,
+    req: &HttpRequest,
+    principal: &Principal,
+    until: Option<i64>,
+) -> Result<actix_web::cookie::Cookie<'static>, ApiError> {
+    if let Some(previous) = req.cookie(SESSION_COOKIE) {
+        end_session(auth, req, previous.value()).await?;
+    }
+    auth.sessions.create(principal, req, until).await
+}
+
+/// Ends a session and closes the WebSockets opened with it (with 1008).
+async fn end_session(
+    auth: &Authenticator,
+    req: &HttpRequest,
+    cookie: &str,
+) -> Result<(), ApiError> {
+    if let Some(hash) = auth.sessions.end(cookie).await?
+        && let Some(live) = req.app_data::<web::Data<crate::live::Live>>()
+    {
+        live.session_ended(hash);
+    }
+    Ok(())
 }
 
 /// `POST /auth/logout`: ends the session on the server (the cookie's id is deleted, so a
@@ -132,7 +154,7 @@ async fn logout(
         {
             return Err(AuthFailure::CrossOrigin.into_api_error());
         }
-        auth.sessions.end(cookie.value()).await?;
+        end_session(&auth, &req, cookie.value()).await?;
     }
     Ok(HttpResponse::NoContent()
         .cookie(session::removal(SESSION_COOKIE, "/", &req))
@@ -160,6 +182,7 @@ fn oidc_of(auth: &Authenticator) -> Result<&oidc::OidcAuth, ApiError> {
     responses(
         (status = 302, description = "To the issuer's sign-in page"),
         (status = 404, description = "Browser sign-in is not available (token mode)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, description = "Rate limited per address: retry after `Retry-After` seconds", body = Problem, content_type = PROBLEM_JSON),
     ))]
 async fn login(
     auth: web::Data<Authenticator>,
@@ -199,6 +222,7 @@ struct CallbackQuery {
         (status = 400, description = "A callback that does not belong to a sign-in in progress", body = Problem, content_type = PROBLEM_JSON),
         (status = 403, description = "Not allowed to sign in", body = Problem, content_type = PROBLEM_JSON),
         (status = 404, description = "Browser sign-in is not available (token mode)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, description = "Rate limited per address: retry after `Retry-After` seconds", body = Problem, content_type = PROBLEM_JSON),
     ))]
 async fn callback(
     auth: web::Data<Authenticator>,
@@ -231,7 +255,7 @@ async fn callback(
         )
         .await;
     let (principal, next) = result.map_err(AuthFailure::into_api_error)?;
-    let cookie = auth.sessions.create(&principal, &req).await?;
+    let cookie = start_session(&auth, &req, &principal, None).await?;
     tracing::info!(subject = %principal.subject, "signed in");
     Ok(HttpResponse::SeeOther()
         .insert_header((header::LOCATION, next))

@@ -95,16 +95,27 @@ impl Sessions {
         }
     }
 
-    /// Starts a session for `principal`; returns the cookie to set.
+    /// Starts a session for `principal`, lasting the configured time or until `until`
+    /// (seconds since the epoch: the expiry of the token it was made from), whichever comes
+    /// first; returns the cookie to set.
     pub async fn create(
         &self,
         principal: &Principal,
         req: &HttpRequest,
+        until: Option<i64>,
     ) -> Result<Cookie<'static>, ApiError> {
         let mut id = [0u8; 32];
         rand::rng().fill_bytes(&mut id);
         let now = crate::domain::time::Timestamp::now().millis();
-        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        if let Some(until) = until {
+            ttl_ms = ttl_ms.min(until.saturating_mul(1000).saturating_sub(now));
+        }
+        if ttl_ms <= 0 {
+            return Err(ApiError::Unauthorized(
+                "the credentials are not valid".into(),
+            ));
+        }
         let row = session::Model {
             id_hash: id_hash(&id),
             subject: principal.subject.clone(),
@@ -116,13 +127,13 @@ impl Sessions {
         };
         self.repo.send(Write(WriteOp::CreateSession(row))).await??;
         let value = self.key.seal("session", &id);
-        let max_age =
-            CookieDuration::seconds(i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX));
+        let max_age = CookieDuration::seconds((ttl_ms / 1000).max(1));
         Ok(cookie(SESSION_COOKIE, value, "/", req, Some(max_age)))
     }
 
-    /// The session a cookie value names: `Ok(None)` when forged, ended or expired.
-    pub async fn find(&self, value: &str) -> Result<Option<Principal>, ApiError> {
+    /// The session a cookie value names and when it expires (ms since the epoch):
+    /// `Ok(None)` when forged, ended or expired.
+    pub async fn find(&self, value: &str) -> Result<Option<(Principal, i64)>, ApiError> {
         let Some(id) = self.key.open("session", value) else {
             return Ok(None);
         };
@@ -138,33 +149,40 @@ impl Sessions {
                 "oidc" => "oidc",
                 _ => return None,
             };
-            Some(Principal {
-                subject: r.subject,
-                name: r.name,
-                email: r.email,
-                mode,
-            })
+            Some((
+                Principal {
+                    subject: r.subject,
+                    name: r.name,
+                    email: r.email,
+                    mode,
+                },
+                r.expires_at,
+            ))
         }))
     }
 
-    /// Ends the session a cookie value names (nothing when it names none).
-    pub async fn end(&self, value: &str) -> Result<(), ApiError> {
-        if let Some(id) = self.key.open("session", value) {
-            self.repo
-                .send(Write(WriteOp::EndSession {
-                    id_hash: id_hash(&id),
-                }))
-                .await??;
-        }
-        Ok(())
+    /// What names a session in the database (and the hub's table of sockets), if the
+    /// cookie value is genuine.
+    pub fn id_hash_of(&self, value: &str) -> Option<String> {
+        self.key.open("session", value).map(|id| id_hash(&id))
+    }
+
+    /// Ends the session a cookie value names (nothing when it names none); returns its
+    /// id hash.
+    pub async fn end(&self, value: &str) -> Result<Option<String>, ApiError> {
+        let Some(hash) = self.id_hash_of(value) else {
+            return Ok(None);
+        };
+        self.repo
+            .send(Write(WriteOp::EndSession {
+                id_hash: hash.clone(),
+            }))
+            .await??;
+        Ok(Some(hash))
     }
 }
 
-/// Whether the request reached us over https (directly or, per `X-Forwarded-Proto` /
-/// `Forwarded`, through a proxy).
-pub fn is_https(req: &HttpRequest) -> bool {
-    req.connection_info().scheme().eq_ignore_ascii_case("https")
-}
+pub use crate::http::security::is_https;
 
 /// An HttpOnly, SameSite=Lax cookie, Secure when the request came over https.
 pub fn cookie(

@@ -65,12 +65,22 @@ pub fn load_or_create(data_dir: &Path) -> std::io::Result<(String, bool)> {
 
 /// Reads a generated secret from `path`, or creates one there (file mode 0600, its directory
 /// too) made of `prefix` and 32 random bytes in hex. Returns it and whether it was created.
+///
+/// A symbolic link is never followed (someone who can write the directory could point it at
+/// a file of their choosing), and an existing file that other users may read or write is
+/// refused, naming it, rather than used.
 pub fn load_or_create_secret(path: &Path, prefix: &str) -> std::io::Result<(String, bool)> {
-    match std::fs::read_to_string(path) {
-        Ok(text) if !text.trim().is_empty() => return Ok((text.trim().to_string(), false)),
-        Ok(_) => {}
+    match open_private(path, false) {
+        Ok(mut file) => {
+            check_private(path, &file)?;
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut file, &mut text)?;
+            if !text.trim().is_empty() {
+                return Ok((text.trim().to_string(), false));
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+        Err(e) => return Err(refused(path, e)),
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -78,14 +88,7 @@ pub fn load_or_create_secret(path: &Path, prefix: &str) -> std::io::Result<(Stri
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let secret = format!("{prefix}{}", hex::encode(bytes));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
+    let mut file = open_private(path, true).map_err(|e| refused(path, e))?;
     // `mode` applies only to a file created here; an existing (empty) one is fixed too.
     #[cfg(unix)]
     {
@@ -96,6 +99,58 @@ pub fn load_or_create_secret(path: &Path, prefix: &str) -> std::io::Result<(Stri
     file.write_all(b"\n")?;
     file.sync_all()?;
     Ok((secret, true))
+}
+
+fn refused(path: &Path, e: std::io::Error) -> std::io::Error {
+    // ELOOP: the last component is a symbolic link, which O_NOFOLLOW refuses.
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return std::io::Error::other(format!(
+            "{} is a symbolic link; refusing to follow it (replace it with the file itself)",
+            path.display()
+        ));
+    }
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Opens `path` without following a symbolic link; `write` also creates it (mode 0600).
+fn open_private(path: &Path, write: bool) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    if write {
+        options.read(true).write(true).create(true).truncate(true);
+    } else {
+        options.read(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(path)
+}
+
+/// Refuses a secret file that is not a regular file or that others may read or write.
+fn check_private(path: &Path, file: &std::fs::File) -> std::io::Result<()> {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(std::io::Error::other(format!(
+                "{} may be read or changed by other users (mode {mode:o}); \
+                 run chmod 600 on it (or remove it to generate a new one)",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -126,6 +181,19 @@ mod tests {
         assert!(created && first.len() > 40);
         let (again, created) = load_or_create(dir.path()).unwrap();
         assert_eq!((again.as_str(), created), (first.as_str(), false));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let file = token_file(dir.path());
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = load_or_create(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("api-token") && err.contains("chmod"), "{err}");
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let other = tempfile::tempdir().unwrap();
+            std::os::unix::fs::symlink(&file, token_file(other.path())).unwrap();
+            let err = load_or_create(other.path()).unwrap_err().to_string();
+            assert!(err.contains("symbolic link"), "{err}");
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

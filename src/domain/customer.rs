@@ -62,6 +62,9 @@ pub fn parse_email(input: &str) -> Result<String, String> {
     if t.len() > 254 {
         return Err("must be at most 254 characters".into());
     }
+    if t.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
     match email_address::EmailAddress::parse_with_options(
         t,
         email_address::Options::default().without_display_text(),
@@ -119,6 +122,7 @@ mod tests {
 
     #[test]
     fn emails_are_validated() {
+        assert!(parse_email("a\0@example.com").is_err());
         assert!(parse_email("wanjiku@example.com").is_ok());
         for bad in [
             "not-an-email",

@@ -24,6 +24,11 @@ impl Phone {
         if input.is_empty() {
             return Err("must not be empty".into());
         }
+        // The parser skips characters it does not know; control characters (U+0000 among
+        // them, which PostgreSQL refuses) are an error, whatever path the text came by.
+        if input.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
         let number: PhoneNumber = phonenumber::parse(Some(region.0), input)
             .map_err(|_| "is not a phone number".to_string())?;
         if !number.is_valid() {
@@ -82,6 +87,7 @@ mod tests {
             Phone::parse("+14155552671", ke()).unwrap().as_str(),
             "+14155552671"
         );
+        assert!(Phone::parse("0722\u{0}000000", ke()).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::domain::FieldErrors;
 use crate::domain::money::Money;
 use actix_web::dev::Payload;
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -50,10 +50,7 @@ impl FromRequest for JsonObject {
             }
             let mut body = web::BytesMut::new();
             while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| ApiError::BadRequest {
-                    detail: format!("could not read the body: {e}"),
-                    param: None,
-                })?;
+                let chunk = chunk.map_err(read_error)?;
                 if body.len() + chunk.len() > MAX_BODY {
                     return Err(ApiError::PayloadTooLarge);
                 }
@@ -176,13 +173,113 @@ impl Form {
     }
 }
 
-/// A JSON string, then `parse`.
+/// A JSON string, then `parse`. U+0000 is refused before `parse` sees it: PostgreSQL
+/// cannot store it, and no field has a use for it.
 pub fn text<'a, T>(parse: impl FnOnce(&str) -> Result<T, String> + 'a) -> Conv<'a, T> {
     Box::new(move |raw| {
         let s: String =
             serde_json::from_str(raw.get()).map_err(|_| "must be a string".to_string())?;
+        if s.contains('\0') {
+            return Err(NUL_REFUSED.into());
+        }
         parse(&s)
     })
+}
+
+pub const NUL_REFUSED: &str = "must not contain the NUL character (U+0000)";
+
+/// Whether a payload error is the body deadline's (see `deadline`).
+pub fn timed_out(e: &actix_web::error::PayloadError) -> bool {
+    matches!(e, actix_web::error::PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// The error of a body that could not be read.
+pub fn read_error(e: actix_web::error::PayloadError) -> ApiError {
+    if timed_out(&e) {
+        ApiError::RequestTimeout
+    } else {
+        ApiError::BadRequest {
+            detail: format!("could not read the body: {e}"),
+            param: None,
+        }
+    }
+}
+
+/// `http.body_timeout_secs`, as app data.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub std::time::Duration);
+
+/// Bounds the time a request body may take to arrive: past `http.body_timeout_secs` since
+/// the request began, reading it fails (408) and the connection is closed, so that a client
+/// trickling a body holds neither a connection nor a handler for long. WebSocket upgrades
+/// are left alone: their "body" is the socket.
+pub async fn deadline(
+    mut req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let headers = req.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let upgrade = headers.contains_key(header::UPGRADE);
+    let limit = req
+        .app_data::<web::Data<BodyTimeout>>()
+        .map(|t| t.0)
+        .filter(|_| has_body && !upgrade);
+    let fired = std::rc::Rc::new(std::cell::Cell::new(false));
+    if let Some(limit) = limit {
+        let inner = req.take_payload();
+        let stream = Deadline {
+            inner,
+            sleep: Box::pin(actix_web::rt::time::sleep(limit)),
+            fired: fired.clone(),
+        };
+        req.set_payload(Payload::Stream {
+            payload: Box::pin(stream),
+        });
+    }
+    let mut response = next.call(req).await?;
+    if fired.get() {
+        response
+            .response_mut()
+            .head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+    }
+    Ok(response)
+}
+
+struct Deadline {
+    inner: Payload,
+    sleep: Pin<Box<actix_web::rt::time::Sleep>>,
+    fired: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl futures_util::Stream for Deadline {
+    type Item = Result<web::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.fired.get() {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = Pin::new(&mut self.inner).poll_next(cx) {
+            return Poll::Ready(item);
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.fired.set(true);
+            return Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request body took too long to arrive",
+                ),
+            ))));
+        }
+        Poll::Pending
+    }
 }
 
 /// A JSON integer (no fraction, no exponent), then `check`.

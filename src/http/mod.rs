@@ -80,7 +80,14 @@ const API_ERRORS: &[(u16, &str)] = &[
         "Malformed request: a bad query parameter, header or JSON body",
     ),
     (401, "Missing or invalid credentials"),
-    (429, "Rate limited: retry after `Retry-After` seconds"),
+    (
+        408,
+        "The request body did not arrive within `http.body_timeout_secs`",
+    ),
+    (
+        429,
+        "Rate limited, or too many failed credentials from this address: retry after `Retry-After` seconds",
+    ),
     (
         503,
         "The database is unavailable: retry after `Retry-After` seconds",
@@ -260,12 +267,7 @@ pub async fn request_span(
         .match_pattern()
         .unwrap_or_else(|| "unmatched".into());
     let latency = started.elapsed();
-    crate::metrics::http_request(
-        response.request().method().as_str(),
-        &route,
-        status,
-        latency,
-    );
+    crate::metrics::http_request(response.request().method(), &route, status, latency);
     let latency_ms = latency.as_secs_f64() * 1000.0;
     span.in_scope(|| tracing::info!(%route, status, latency_ms, "request finished"));
     if let Ok(value) = HeaderValue::from_str(&id) {

@@ -8,6 +8,9 @@ use uuid::Uuid;
 
 pub struct Params(HashMap<String, String>);
 
+/// The longest free-text query parameter.
+pub const MAX_TEXT: usize = 200;
+
 impl Params {
     pub fn of(req: &HttpRequest) -> Self {
         Self(
@@ -17,11 +20,12 @@ impl Params {
         )
     }
 
-    /// A present parameter must not be empty.
+    /// A present parameter must not be empty, nor hold U+0000 (which PostgreSQL refuses).
     pub fn get(&self, name: &str) -> Result<Option<&str>, ApiError> {
         match self.0.get(name) {
             None => Ok(None),
             Some(v) if v.trim().is_empty() => Err(ApiError::bad_param(name, "must not be empty")),
+            Some(v) if v.contains('\0') => Err(ApiError::bad_param(name, super::body::NUL_REFUSED)),
             Some(v) => Ok(Some(v.as_str())),
         }
     }
@@ -42,8 +46,20 @@ impl Params {
         })
     }
 
+    /// Free text such as a search (`q`): at most `MAX_TEXT` characters, so that a search
+    /// cannot be made arbitrarily expensive.
     pub fn text(&self, name: &str) -> Result<Option<String>, ApiError> {
-        Ok(self.get(name)?.map(|v| v.trim().to_string()))
+        let Some(v) = self.get(name)? else {
+            return Ok(None);
+        };
+        let v = v.trim();
+        if v.chars().count() > MAX_TEXT {
+            return Err(ApiError::bad_param(
+                name,
+                format!("must be at most {MAX_TEXT} characters"),
+            ));
+        }
+        Ok(Some(v.to_string()))
     }
 
     pub fn page(&self) -> Result<PageRequest, ApiError> {

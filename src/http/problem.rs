@@ -21,6 +21,8 @@ pub enum ApiError {
     MethodNotAllowed,
     Conflict(String),
     PayloadTooLarge,
+    /// The body did not arrive within `http.body_timeout_secs`.
+    RequestTimeout,
     UnsupportedMediaType,
     Validation(FieldErrors),
     RateLimited {
@@ -54,6 +56,11 @@ impl ApiError {
                 "payload-too-large",
                 "Payload too large",
                 "the request body is over 64 KiB".into(),
+            ),
+            Self::RequestTimeout => (
+                "request-timeout",
+                "Request timeout",
+                "the request body took too long to arrive".into(),
             ),
             Self::UnsupportedMediaType => (
                 "unsupported-media-type",
@@ -101,6 +108,7 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -5,7 +5,7 @@
 //! session over that bound leaves the table and is told to close with 1013.
 
 use super::filter::TypeFilter;
-use super::session::{Deliver, Overflow, WsSession};
+use super::session::{Deliver, Overflow, Revoked, WsSession};
 use super::{ConnHandle, LiveStats};
 use crate::domain::event::{Event, EventType};
 use crate::domain::time::Timestamp;
@@ -120,6 +120,15 @@ pub struct Subscribe {
     pub filter: TypeFilter,
     pub since: Option<i64>,
     pub link: Arc<Link>,
+    /// The id hash of the session cookie the socket was opened with.
+    pub session_hash: Option<String>,
+}
+
+/// A session was logged out: its sockets are closed with 1008.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionEnded {
+    pub id_hash: String,
 }
 
 #[derive(Message)]
@@ -137,6 +146,7 @@ struct Member {
     session: Addr<WsSession>,
     filter: TypeFilter,
     link: Arc<Link>,
+    session_hash: Option<String>,
 }
 
 pub struct Hub {
@@ -326,10 +336,31 @@ impl Handler<Subscribe> for Hub {
                 session: msg.session,
                 filter: msg.filter,
                 link: msg.link,
+                session_hash: msg.session_hash,
             },
         );
         self.count();
         MessageResult(SubscribeReply { latest, start })
+    }
+}
+
+impl Handler<SessionEnded> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionEnded, _: &mut Self::Context) {
+        let ended: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.session_hash.as_deref() == Some(msg.id_hash.as_str()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ended {
+            if let Some(member) = self.members.remove(&id) {
+                member.session.do_send(Revoked);
+                self.closing.insert(id, (Instant::now(), member.link));
+            }
+        }
+        self.count();
     }
 }
 

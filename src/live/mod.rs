@@ -9,6 +9,7 @@ pub mod hub;
 pub mod session;
 pub mod watch;
 
+use crate::auth::{Authenticator, Principal, Proof};
 use crate::config::Settings;
 use crate::http::params::Params;
 use crate::http::problem::ApiError;
@@ -16,14 +17,15 @@ use crate::store::Repository;
 use crate::store::repository::ListenEvents;
 use actix::{Actor, Addr};
 use actix_web::dev::Extensions;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use actix_web_actors::ws;
 use filter::TypeFilter;
 use hub::{Hub, HubConfig, Link, SubscriberCount};
 use session::{SessionConfig, WsSession};
 use std::any::Any;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Counters for operations (and tests); the hub keeps them current.
@@ -57,6 +59,58 @@ pub struct Live {
     pub stats: Arc<LiveStats>,
     session: SessionConfig,
     next_id: Arc<AtomicU64>,
+    sockets: Arc<Sockets>,
+}
+
+/// Open sockets, in all and per principal, against `live.max_connections*`.
+struct Sockets {
+    max_total: usize,
+    max_per_principal: usize,
+    /// (all open sockets, open sockets per subject)
+    open: Mutex<(usize, HashMap<String, usize>)>,
+}
+
+/// How long a client refused by a cap is told to wait.
+const CAPPED_RETRY_SECS: u64 = 10;
+
+/// One open socket's place under the caps (and in the connection gauge), given back when
+/// its session ends.
+pub struct Slot {
+    sockets: Arc<Sockets>,
+    subject: String,
+}
+
+impl Sockets {
+    fn acquire(self: &Arc<Self>, subject: &str) -> Option<Slot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per) = &mut *open;
+        let mine = per.get(subject).copied().unwrap_or(0);
+        if *total >= self.max_total || mine >= self.max_per_principal {
+            return None;
+        }
+        *total += 1;
+        per.insert(subject.to_string(), mine + 1);
+        crate::metrics::websocket_opened();
+        Some(Slot {
+            sockets: self.clone(),
+            subject: subject.to_string(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.sockets.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per.get_mut(&self.subject) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.subject);
+            }
+        }
+        crate::metrics::websocket_closed();
+    }
 }
 
 impl Live {
@@ -86,7 +140,18 @@ impl Live {
                 idle_timeout,
             },
             next_id: Arc::new(AtomicU64::new(1)),
+            sockets: Arc::new(Sockets {
+                max_total: live.max_connections,
+                max_per_principal: live.max_connections_per_principal,
+                open: Mutex::new((0, HashMap::new())),
+            }),
         }
+    }
+
+    /// A session was logged out: its sockets are closed with 1008 now (sockets on other
+    /// instances notice on their next credential check).
+    pub fn session_ended(&self, id_hash: String) {
+        self.hub.do_send(hub::SessionEnded { id_hash });
     }
 
     /// The number of subscribed sessions, as the hub counts them.
@@ -115,12 +180,15 @@ pub fn routes(api: &mut crate::http::openapi::Routes) {
     responses(
         (status = 101, description = "Switching to the WebSocket protocol: `hello`, then event frames `{type, seq, at, data}`"),
         (status = 400, description = "A bad `since` or `types`, or not a WebSocket upgrade", body = crate::http::openapi::Problem, content_type = crate::http::openapi::PROBLEM_JSON),
+        (status = 429, description = "Too many open WebSockets (in all, or of this principal): retry after `Retry-After` seconds", body = crate::http::openapi::Problem, content_type = crate::http::openapi::PROBLEM_JSON),
     ))]
 pub async fn upgrade(
     req: HttpRequest,
     stream: web::Payload,
     live: web::Data<Live>,
     state: web::Data<crate::http::AppState>,
+    auth: web::Data<Authenticator>,
+    principal: Principal,
 ) -> Result<HttpResponse, ApiError> {
     let params = Params::of(&req);
     let since = params.parse("since", |v| {
@@ -136,6 +204,21 @@ pub async fn upgrade(
         detail: format!("a WebSocket upgrade is required here: {e}"),
         param: None,
     })?;
+    let proof = req
+        .extensions()
+        .get::<Proof>()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("no proof of credentials".into()))?;
+    let slot = live
+        .sockets
+        .acquire(&principal.subject)
+        .ok_or(ApiError::RateLimited {
+            retry_after_secs: CAPPED_RETRY_SECS,
+        })?;
+    let session_hash = match &proof.credential {
+        crate::auth::Credential::Session(cookie) => auth.sessions.id_hash_of(cookie),
+        crate::auth::Credential::Bearer(_) => None,
+    };
     let link = Arc::new(Link::new(ConnHandle::of(&req)));
     let id = live.next_id.fetch_add(1, Ordering::Relaxed);
     let session = WsSession::new(
@@ -146,7 +229,13 @@ pub async fn upgrade(
         since,
         link,
         live.session,
-    );
+    )
+    .with_credentials(session::Credentials {
+        auth: auth.into_inner(),
+        proof,
+        session_hash,
+        slot,
+    });
     ws::WsResponseBuilder::new(session, &req, stream)
         .start()
         .map_err(|e| ApiError::BadRequest {

@@ -6,8 +6,10 @@
 //! of replay is read only once the previous one has been handed to the socket: a slow
 //! reader slows its own replay and nothing else.
 
+use super::Slot;
 use super::filter::TypeFilter;
 use super::hub::{EventFrame, Hub, Link, Start, Subscribe, SubscribeReply, Unsubscribe};
+use crate::auth::{AuthFailure, Authenticator, Proof};
 use crate::store::Reader;
 use crate::store::reader::EventsAfter;
 use actix::prelude::*;
@@ -47,6 +49,22 @@ impl Drop for Membership {
     }
 }
 
+/// What the socket was opened with, checked again on every ping tick: a socket must not
+/// outlive its credentials (a logout, an expired token, a token removed from the settings).
+pub struct Credentials {
+    pub auth: Arc<Authenticator>,
+    pub proof: Proof,
+    /// The session's id hash, when a session cookie opened the socket (logout finds it).
+    pub session_hash: Option<String>,
+    /// Its place under the connection caps, given back when the session ends.
+    pub slot: Slot,
+}
+
+/// The credentials behind the socket ended: close with 1008 (policy violation).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Revoked;
+
 pub struct WsSession {
     id: u64,
     hub: Addr<Hub>,
@@ -56,6 +74,7 @@ pub struct WsSession {
     link: Arc<Link>,
     cfg: SessionConfig,
     membership: Option<Membership>,
+    credentials: Option<Credentials>,
 }
 
 impl WsSession {
@@ -77,7 +96,45 @@ impl WsSession {
             link,
             cfg,
             membership: None,
+            credentials: None,
         }
+    }
+
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    fn credentials_ended(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        self.close(
+            ctx,
+            CloseCode::Policy,
+            "the credentials of this connection are no longer valid",
+        );
+    }
+
+    /// Checks the credentials again; closes with 1008 when they no longer hold (a database
+    /// that cannot be asked is not a reason to close).
+    fn recheck(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(c) = &self.credentials else {
+            return;
+        };
+        let (auth, credential) = (c.auth.clone(), c.proof.credential.clone());
+        ctx.spawn(
+            async move { auth.verify(&credential).await.err() }
+                .into_actor(self)
+                .map(|failure, act, ctx| match failure {
+                    None | Some(AuthFailure::Unavailable(_)) => {}
+                    Some(failure) => {
+                        tracing::info!(
+                            session = act.id,
+                            reason = failure.reason(),
+                            "live client's credentials ended; closing it with 1008"
+                        );
+                        act.credentials_ended(ctx);
+                    }
+                }),
+        );
     }
 
     fn control(kind: &str, seq: i64) -> String {
@@ -181,7 +238,24 @@ impl Actor for WsSession {
             filter: self.filter,
             since: self.since,
             link: self.link.clone(),
+            session_hash: self
+                .credentials
+                .as_ref()
+                .and_then(|c| c.session_hash.clone()),
         };
+        // A token's or session's expiry ends the socket at that moment, not a tick later.
+        if let Some(expires_at) = self.credentials.as_ref().and_then(|c| c.proof.expires_at) {
+            let left =
+                expires_at.saturating_mul(1000) - crate::domain::time::Timestamp::now().millis();
+            let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+            ctx.run_later(left, |act, ctx| {
+                tracing::info!(
+                    session = act.id,
+                    "live client's credentials expired; closing it with 1008"
+                );
+                act.credentials_ended(ctx);
+            });
+        }
         ctx.wait(
             self.hub
                 .send(subscribe)
@@ -197,8 +271,21 @@ impl Actor for WsSession {
                 act.close(ctx, CloseCode::Away, "no answer to pings");
             } else {
                 ctx.ping(b"");
+                act.recheck(ctx);
             }
         });
+    }
+}
+
+impl Handler<Revoked> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Revoked, ctx: &mut Self::Context) {
+        tracing::info!(
+            session = self.id,
+            "live client's session ended; closing it with 1008"
+        );
+        self.credentials_ended(ctx);
     }
 }
 

@@ -4,6 +4,7 @@ pub mod backup;
 pub mod batch;
 pub mod entities;
 pub mod error;
+pub mod gauges;
 mod idempotency;
 pub mod maintenance;
 pub mod ops;

@@ -115,6 +115,19 @@ fn count_published(events: &[Event]) {
             }
         }
     }
+    // Every SMS status change is committed as a notification.updated event, whoever made it
+    // (the dispatcher, a delivery report, a resend).
+    let mut by_status: std::collections::BTreeMap<&str, u64> = Default::default();
+    for event in events {
+        if event.kind == EventType::NotificationUpdated
+            && let Some(status) = event.data.get("status").and_then(|s| s.as_str())
+        {
+            *by_status.entry(status).or_default() += 1;
+        }
+    }
+    for (status, n) in by_status {
+        crate::metrics::sms_status(status, n);
+    }
 }
 
 impl Actor for Repository {

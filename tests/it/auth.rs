@@ -59,7 +59,22 @@ async fn with_cookie(app: &TestApp, method: Method, path: &str, cookie: &str) ->
     .await
 }
 
-/// Asserts a 401 problem whose detail names `reason`.
+/// The checks a token can fail: which one failed goes to the log, never to the caller, who
+/// could otherwise probe the verifier check by check.
+const TOKEN_CHECKS: &[&str] = &[
+    "expired",
+    "not valid yet",
+    "audience",
+    "issuer",
+    "signature",
+    "algorithm",
+    "unknown key",
+    "malformed",
+    "not valid",
+];
+
+/// Asserts a 401 problem: for a token's checks with the one generic detail, otherwise (a
+/// session, a sign-in step) with a detail that names `reason`.
 async fn assert_refused(r: reqwest::Response, reason: &str) {
     assert_eq!(
         r.headers()
@@ -70,11 +85,18 @@ async fn assert_refused(r: reqwest::Response, reason: &str) {
     );
     let body = assert_problem(r, 401, &[]).await;
     let detail = body["detail"].as_str().unwrap();
-    assert!(detail.contains(reason), "expected {reason:?} in {detail:?}");
+    if TOKEN_CHECKS.contains(&reason) {
+        assert_eq!(
+            detail, "the credentials are not valid",
+            "refused for {reason:?}"
+        );
+    } else {
+        assert!(detail.contains(reason), "expected {reason:?} in {detail:?}");
+    }
 }
 
 #[tokio::test]
-async fn bearer_tokens_are_verified_and_each_failure_names_its_reason() {
+async fn bearer_tokens_are_verified_and_every_failure_gets_the_same_answer() {
     let provider = Provider::start().await;
     let app = spawn_oidc_app(&provider, |_| {}).await;
     let now = chrono::Utc::now().timestamp();
@@ -566,6 +588,7 @@ async fn an_unreachable_issuer_stops_the_start_with_a_clear_message() {
     s.auth.oidc.client_id = "duka".into();
     s.auth.oidc.client_secret = "secret".into();
     s.auth.oidc.redirect_url = "http://127.0.0.1:8080/auth/callback".into();
+    s.auth.oidc.allow_any_account = true;
     let err = start_error(s).await;
     assert!(
         err.starts_with(
@@ -577,7 +600,8 @@ async fn an_unreachable_issuer_stops_the_start_with_a_clear_message() {
 
 #[tokio::test]
 async fn token_mode_browser_session_and_logout() {
-    let app = spawn_app().await;
+    // The test client is the TLS-terminating proxy below.
+    let app = spawn_app_with(|s| s.http.trusted_proxies = vec!["127.0.0.1".into()]).await;
     let origin = app.url.clone();
     let r = send(
         &app,

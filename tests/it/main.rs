@@ -16,5 +16,6 @@ mod cli;
 mod dashboard;
 mod live;
 mod ops;
+mod security;
 mod sms;
 mod writes;

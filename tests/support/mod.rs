@@ -384,3 +384,4 @@ pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
 }
 
 pub mod live;
+pub mod process;

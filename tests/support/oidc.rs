@@ -156,6 +156,8 @@ pub async fn spawn_oidc_app(provider: &Provider, configure: impl FnOnce(&mut Set
         s.auth.oidc.client_secret = CLIENT_SECRET.into();
         s.auth.oidc.redirect_url = format!("http://127.0.0.1:{port}/auth/callback");
         s.auth.oidc.audience = AUDIENCE.into();
+        // The tests' provider lets any login in; the tests that check the lists set them.
+        s.auth.oidc.allow_any_account = true;
         configure(s);
     })
     .await

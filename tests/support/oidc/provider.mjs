@@ -4,6 +4,7 @@
 //   POST /test/mint   {claims, key?, attack?} -> {token}: a JWT signed with a chosen key
 //   POST /test/rotate -> {kid}: a new signing key for minted tokens; the old one leaves the JWKS
 //   GET  /test/stats  -> {jwks}: how often the JWKS was fetched
+// With OIDC_JWKS_MAX_AGE=N the JWKS says `Cache-Control: public, max-age=N`.
 // With OIDC_BEARER_ONLY=1 its discovery document is cut down to what Firebase's
 // securetoken.google.com publishes: no authorization or token endpoint, API tokens only.
 // Prints one JSON line {"issuer": ...} on stdout when ready; exits when stdin closes, so a
@@ -116,6 +117,10 @@ server.on('request', async (req, res) => {
     }
     if (req.method === 'GET' && path === '/jwks') {
       jwksFetches += 1;
+      // OIDC_JWKS_MAX_AGE=N: say how long the set may be cached, as real issuers do.
+      if (process.env.OIDC_JWKS_MAX_AGE) {
+        res.setHeader('cache-control', `public, max-age=${process.env.OIDC_JWKS_MAX_AGE}`);
+      }
       return send(res, 200, { keys: [idTokenKey.pub, mintKey.pub] });
     }
     if (req.method === 'POST' && path === '/test/mint') {
