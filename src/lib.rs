@@ -207,6 +207,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         region: settings.region(),
         currency: Currency::parse(&settings.orders.default_currency)
             .map_err(|e| StartError(format!("orders.default_currency: {e}")))?,
+        timezone: settings.timezone(),
     });
 
     // Installed before serving so that the first scrape already sees every described metric.

@@ -21,7 +21,11 @@ pub enum ApiError {
     MethodNotAllowed,
     Conflict(String),
     PayloadTooLarge,
+    /// An upload over its own limits (size or rows), which `detail` names.
+    FileTooLarge(String),
     UnsupportedMediaType,
+    /// A body of another type than the one `detail` names.
+    WrongMediaType(String),
     Validation(FieldErrors),
     RateLimited {
         retry_after_secs: u64,
@@ -55,10 +59,16 @@ impl ApiError {
                 "Payload too large",
                 "the request body is over 64 KiB".into(),
             ),
+            Self::FileTooLarge(d) => ("payload-too-large", "Payload too large", d.clone()),
             Self::UnsupportedMediaType => (
                 "unsupported-media-type",
                 "Unsupported media type",
                 "send the body as application/json".into(),
+            ),
+            Self::WrongMediaType(d) => (
+                "unsupported-media-type",
+                "Unsupported media type",
+                d.clone(),
             ),
             Self::Validation(_) => (
                 "validation",
@@ -100,8 +110,10 @@ impl ResponseError for ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge | Self::FileTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType | Self::WrongMediaType(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

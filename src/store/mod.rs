@@ -2,7 +2,9 @@
 
 pub mod entities;
 pub mod error;
+mod import;
 pub mod reads;
+pub mod reports;
 pub mod repository;
 pub mod views;
 pub mod writes;

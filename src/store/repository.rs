@@ -194,6 +194,16 @@ query!(ListOrders { filter: OrderFilter, page: PageRequest } -> Page<OrderView>,
 query!(ListNotifications { filter: NotificationFilter, page: PageRequest } -> Page<NotificationView>,
     |db, m| reads::list_notifications(&db, &m.filter, m.page).await);
 query!(
+    /// Orders and SMS per day in the business time zone (see `reports::stats`).
+    Stats { window: super::reports::StatsWindow } -> super::reports::StatsRows,
+    |db, m| super::reports::stats(&db, &m.window).await
+);
+query!(
+    /// Which of these phones and codes customers already have.
+    TakenCustomerKeys { phones: Vec<String>, codes: Vec<String> } -> super::reports::Taken,
+    |db, m| super::reports::taken(&db, &m.phones, &m.codes).await
+);
+query!(
     /// Messages for the SMS dispatcher to send (see `reads::due_notifications`).
     DueNotifications { ids: Option<Vec<Uuid>>, now: Timestamp, horizon: Timestamp, limit: u64 }
         -> Vec<reads::DueNotification>,

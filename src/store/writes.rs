@@ -68,6 +68,11 @@ pub enum WriteOp {
     DeleteOrder {
         id: Uuid,
     },
+    /// Customers from an import, valid and unique among themselves: all or none (see
+    /// `import::import_customers`).
+    ImportCustomers {
+        customers: Vec<NewCustomer>,
+    },
     /// A fresh SMS for an order (the "resend" button).
     QueueNotification {
         order_id: Uuid,
@@ -332,7 +337,7 @@ async fn lock_event_counter(txn: &impl ConnectionTrait) -> Result<i64, StoreErro
     Ok(row.try_get::<i64>("", "last_seq")?)
 }
 
-struct BatchCtx<'a> {
+pub(super) struct BatchCtx<'a> {
     cfg: &'a WriteConfig,
     next_seq: i64,
     committed: Committed,
@@ -368,7 +373,7 @@ impl<'a> BatchCtx<'a> {
         self.committed.queued.truncate(mark.queued);
     }
 
-    async fn emit(
+    pub(super) async fn emit(
         &mut self,
         txn: &impl ConnectionTrait,
         kind: EventType,
@@ -420,6 +425,9 @@ async fn apply(
         }
         WriteOp::UpdateOrder { id, patch } => update_order(txn, id, patch, ctx).await,
         WriteOp::DeleteOrder { id } => delete_order(txn, id, ctx).await,
+        WriteOp::ImportCustomers { customers } => {
+            super::import::import_customers(txn, customers, ctx).await
+        }
         WriteOp::QueueNotification { order_id } => queue_again(txn, order_id, ctx).await,
         WriteOp::ClaimNotification { id, lease_until } => {
             claim_notification(txn, id, lease_until, ctx).await

@@ -15,4 +15,5 @@ mod auth;
 mod dashboard;
 mod live;
 mod ops;
+mod reports;
 mod sms;
