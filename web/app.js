@@ -35,6 +35,7 @@ const state = {
   failedCursor: null,
   trendDays: 14,
   importChecked: null,       // the file that passed the dry run
+  chartDays: null,           // the days the chart shows, to redraw it at another width
   timers: new Map(),
 };
 
@@ -1020,39 +1021,46 @@ async function loadTrend() {
     el("td", { class: "num", "data-failed": String(d.sms.failed), text: count(d.sms.failed) }))));
 }
 
-/// Bars per day: orders, SMS delivered, SMS failed, on one scale.
+/// Bars per day: orders, SMS delivered, SMS failed, on one scale. Drawn at the box's own
+/// width, so that its text keeps its size on a phone too.
 function renderChart(days) {
-  const width = 760, height = 260, left = 40, right = 8, top = 12, bottom = 34;
+  state.chartDays = days;
+  const box = $("chart");
+  const width = Math.max(300, Math.round(box.clientWidth || 760)), height = 240;
+  const left = 36, right = 8, top = 12, bottom = 30;
   const plotW = width - left - right, plotH = height - top - bottom;
   const max = Math.max(1, ...days.flatMap((d) => [d.orders, d.sms.delivered, d.sms.failed]));
+  // A round top of the scale whose half is a whole number too.
   const step = Math.pow(10, Math.floor(Math.log10(max)));
-  const niceMax = Math.ceil(max / step) * step;
-  const y = (v) => top + plotH - (v / niceMax) * plotH;
+  let top_ = Math.ceil(max / step) * step;
+  if (top_ % 2) top_ += step;
+  const y = (v) => top + plotH - (v / top_) * plotH;
   const slot = plotW / days.length;
-  const barW = Math.max(2, Math.min(18, (slot - 4) / 3));
+  const barW = Math.max(2, Math.min(16, (slot - 3) / 3));
   const children = [];
-  for (const tick of [0, niceMax / 2, niceMax]) {
+  for (const tick of [0, top_ / 2, top_]) {
     children.push(svg("line", { class: "grid", x1: left, x2: width - right, y1: y(tick), y2: y(tick) }));
-    children.push(svg("text", { class: "axis", x: left - 6, y: y(tick) + 4, "text-anchor": "end" }, count(Math.round(tick))));
+    children.push(svg("text", { class: "axis", x: left - 6, y: y(tick) + 4, "text-anchor": "end" }, count(tick)));
   }
-  const labelEvery = days.length > 16 ? Math.ceil(days.length / 10) : 1;
+  const labelEvery = Math.max(1, Math.ceil(days.length / Math.floor(plotW / 52)));
   days.forEach((d, i) => {
     const x0 = left + i * slot + (slot - barW * 3) / 2;
     [["orders", d.orders], ["delivered", d.sms.delivered], ["failed", d.sms.failed]].forEach(([series, value], k) => {
-      const bar = svg("rect", {
+      children.push(svg("rect", {
         class: `bar ${series}`, x: (x0 + k * barW).toFixed(1), y: y(value).toFixed(1),
-        width: (barW - 1).toFixed(1), height: Math.max(0, top + plotH - y(value)).toFixed(1),
+        width: Math.max(1, barW - 1).toFixed(1), height: Math.max(0, top + plotH - y(value)).toFixed(1),
         "data-date": d.date, "data-series": series, "data-value": value,
-      }, svg("title", {}, `${dayLabel(d.date, true)}: ${value} ${series === "orders" ? "orders" : "SMS " + series}`));
-      children.push(bar);
+      }, svg("title", {}, `${dayLabel(d.date, true)}: ${value} ${series === "orders" ? "orders" : "SMS " + series}`)));
     });
     if ((days.length - 1 - i) % labelEvery === 0) {
-      children.push(svg("text", { class: "axis", x: (left + i * slot + slot / 2).toFixed(1), y: height - 12, "text-anchor": "middle" }, dayLabel(d.date)));
+      // The last label ends at the edge instead of running past it.
+      const last = i === days.length - 1;
+      const x = last ? width - right : left + i * slot + slot / 2;
+      children.push(svg("text", { class: "axis", x: x.toFixed(1), y: height - 10, "text-anchor": last ? "end" : "middle" }, dayLabel(d.date)));
     }
   });
   children.push(svg("line", { class: "baseline", x1: left, x2: width - right, y1: y(0), y2: y(0) }));
-  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "Chart of the table below", preserveAspectRatio: "none" }, ...children);
-  $("chart").replaceChildren(chart);
+  box.replaceChildren(svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": "Chart of the numbers in the table below" }, ...children));
 }
 
 // ---- forms -----------------------------------------------------------------------------
@@ -1179,5 +1187,8 @@ document.addEventListener("DOMContentLoaded", () => {
     b.addEventListener("click", () => { state.trendDays = Number(b.dataset.days); loadTrend().catch(showLoadError); });
   }
   window.addEventListener("hashchange", route);
+  window.addEventListener("resize", () => debounce("chart", 200, () => {
+    if (state.view === "trend" && state.chartDays) renderChart(state.chartDays);
+  }));
   start();
 });
