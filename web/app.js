@@ -14,6 +14,7 @@ const ACTION_LABEL = {
   confirmed: "Confirm", shipped: "Mark shipped", delivered: "Mark delivered", cancelled: "Cancel order",
 };
 const ORDER_FILTERS = ["q", "status", "start_date", "end_date", "customer_id"];
+const LIVE_TYPES = "order.created,order.updated,order.deleted,notification.updated";
 
 const state = {
   me: null,
@@ -488,8 +489,10 @@ function closeSocket() {
 function connect() {
   closeSocket();
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const since = state.lastSeq === null ? "" : `?since=${state.lastSeq}`;
-  const socket = new WebSocket(`${proto}//${location.host}/api/v1/ws${since}`);
+  // Only what the page shows: an import's thousands of customer.created stay away.
+  const query = new URLSearchParams({ types: LIVE_TYPES });
+  if (state.lastSeq !== null) query.set("since", String(state.lastSeq));
+  const socket = new WebSocket(`${proto}//${location.host}/api/v1/ws?${query}`);
   state.socket = socket;
   setConnection(state.lastSeq === null ? "connecting…" : "reconnecting…", false);
   socket.onmessage = (message) => {
@@ -1187,6 +1190,8 @@ document.addEventListener("DOMContentLoaded", () => {
     b.addEventListener("click", () => { state.trendDays = Number(b.dataset.days); loadTrend().catch(showLoadError); });
   }
   window.addEventListener("hashchange", route);
+  // "Today" moves on at midnight even when nothing happens.
+  setInterval(() => { if (state.me) refreshCounters(); }, 60000);
   window.addEventListener("resize", () => debounce("chart", 200, () => {
     if (state.view === "trend" && state.chartDays) renderChart(state.chartDays);
   }));
