@@ -19,6 +19,7 @@ pub struct Settings {
     pub database: Database,
     pub auth: Auth,
     pub orders: Orders,
+    pub business: Business,
     pub sms: Sms,
     pub live: Live,
     pub log: Log,
@@ -95,6 +96,13 @@ pub struct Oidc {
 #[serde(deny_unknown_fields, default)]
 pub struct Orders {
     pub default_currency: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Business {
+    /// IANA time zone whose calendar days the stats and the date filters use.
+    pub timezone: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +208,7 @@ impl Default for Settings {
             database: Database::default(),
             auth: Auth::default(),
             orders: Orders::default(),
+            business: Business::default(),
             sms: Sms::default(),
             live: Live::default(),
             log: Log::default(),
@@ -273,6 +282,14 @@ impl Default for Orders {
     fn default() -> Self {
         Self {
             default_currency: "KES".into(),
+        }
+    }
+}
+
+impl Default for Business {
+    fn default() -> Self {
+        Self {
+            timezone: "UTC".into(),
         }
     }
 }
@@ -703,6 +720,18 @@ impl Settings {
         }
         crate::domain::money::Currency::parse(&self.orders.default_currency)
             .map_err(|e| key_error("orders.default_currency", e))?;
+        self.business
+            .timezone
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| {
+                key_error(
+                    "business.timezone",
+                    format!(
+                        "{:?} is not an IANA time zone such as \"Africa/Nairobi\" or \"UTC\"",
+                        self.business.timezone
+                    ),
+                )
+            })?;
         Region::parse(&self.sms.default_region).map_err(|e| key_error("sms.default_region", e))?;
         for on in [
             NotifyOn::Created,
@@ -915,6 +944,11 @@ impl Settings {
         })
     }
 
+    /// `business.timezone` (UTC when invalid, which `validate` refuses).
+    pub fn timezone(&self) -> chrono_tz::Tz {
+        self.business.timezone.parse().unwrap_or(chrono_tz::Tz::UTC)
+    }
+
     pub fn template(&self, on: NotifyOn) -> Template {
         Template::parse(self.sms.templates.get(on))
             .unwrap_or_else(|_| Template::parse("{order_number}").expect("a valid template"))
@@ -1055,6 +1089,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("sms.retry_max_ms:"), "{err}");
+        let err = from_toml("[business]\ntimezone = \"Africa/Nairobbi\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("business.timezone:"), "{err}");
+        let ok = from_toml("[business]\ntimezone = \"Africa/Nairobi\"").unwrap();
+        assert_eq!(ok.timezone(), chrono_tz::Tz::Africa__Nairobi);
         let err = from_toml("[sms]\nconcurrency = 0").unwrap_err().to_string();
         assert!(err.starts_with("sms.concurrency:"), "{err}");
         let err = from_toml("[sms]\nnotify_on = [\"teleported\"]")

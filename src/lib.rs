@@ -259,6 +259,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     let region = settings.region();
     let currency = Currency::parse(&settings.orders.default_currency)
         .map_err(|e| StartError(format!("orders.default_currency: {e}")))?;
+    let timezone = settings.timezone();
     let writer = repo.clone();
     let proxies = web::Data::new(
         http::security::TrustedProxies::parse(&settings.http.trusted_proxies)
@@ -282,6 +283,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
             reader: Reader::new(db.clone()).start(),
             region,
             currency,
+            timezone,
         });
         App::new()
             .app_data(state)

@@ -87,26 +87,56 @@ fn init_tracing(log: &Log) {
     }
 }
 
-/// Waits for SIGTERM or SIGINT; answers which.
-async fn shutdown_signal() -> &'static str {
+/// SIGINT and SIGTERM, listened for from the moment this is made: made before the start
+/// is announced, so that a signal sent as soon as "listening" is read is not lost (or, when
+/// the parent left SIGINT ignored, as a shell does for a background job, dropped).
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                int: signal(SignalKind::interrupt()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "SIGINT"
+
+    /// Which signal came first.
+    async fn first(self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn next(signal: Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            if self.int.is_none() && self.term.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return "SIGINT";
+            }
+            tokio::select! {
+                _ = next(self.term) => "SIGTERM",
+                _ = next(self.int) => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
     }
 }
 
@@ -252,6 +282,7 @@ async fn run(service: Service, settings: Settings) -> Result<(), duka::StartErro
         }
         Service::Serve => {
             let app = duka::build(settings).await?;
+            let signals = ShutdownSignals::listen();
             let url = app.url();
             tracing::info!(url = %url, dashboard = %format!("{url}/"), "listening");
             if let Some(token) = &app.generated_token {
@@ -263,7 +294,7 @@ async fn run(service: Service, settings: Settings) -> Result<(), duka::StartErro
             }
             let handle = app.handle();
             actix_web::rt::spawn(async move {
-                let signal = shutdown_signal().await;
+                let signal = signals.first().await;
                 tracing::info!(signal, "shutting down gracefully");
                 handle.stop(true).await;
             });

@@ -4,6 +4,8 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_initial;
 mod m20261122_000002_sessions;
+mod m20261201_000003_stats_index;
+mod m20261201_000004_notification_resend;
 
 pub struct Migrator;
 
@@ -13,6 +15,8 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_initial::Migration),
             Box::new(m20261122_000002_sessions::Migration),
+            Box::new(m20261201_000003_stats_index::Migration),
+            Box::new(m20261201_000004_notification_resend::Migration),
         ]
     }
 }

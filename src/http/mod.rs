@@ -8,6 +8,7 @@ pub mod openapi;
 pub mod orders;
 pub mod params;
 pub mod problem;
+pub mod reports;
 pub mod security;
 pub mod webhooks;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub reader: Addr<Reader>,
     pub region: Region,
     pub currency: Currency,
+    /// `business.timezone`: whose calendar days dates and stats mean.
+    pub timezone: chrono_tz::Tz,
 }
 
 /// Every route, for the app factory.
@@ -132,6 +135,8 @@ pub fn api_routes() -> ApiRoutes {
     let mut auth_routes = Routes::new("/auth", &[]);
     auth::routes::routes(&mut auth_routes);
     let mut api = Routes::new("/api/v1", API_ERRORS);
+    // Before the resources they would otherwise match as an `{id}`.
+    reports::routes(&mut api);
     customers::routes(&mut api);
     orders::routes(&mut api);
     crate::live::routes(&mut api);

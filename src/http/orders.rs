@@ -108,10 +108,10 @@ pub struct OrderQuery {
     /// Case-insensitive substring of item, order number, customer name or code.
     #[param(min_length = 1)]
     q: Option<String>,
-    /// Inclusive: `YYYY-MM-DD` (UTC day) or an RFC 3339 instant.
+    /// Inclusive: `YYYY-MM-DD` (a day in `business.timezone`) or an RFC 3339 instant.
     #[param(min_length = 1, example = "2026-11-01")]
     start_date: Option<String>,
-    /// Inclusive: `YYYY-MM-DD` (UTC day) or an RFC 3339 instant.
+    /// Inclusive: `YYYY-MM-DD` (a day in `business.timezone`) or an RFC 3339 instant.
     #[param(min_length = 1, example = "2026-11-30")]
     end_date: Option<String>,
     #[param(minimum = 1, maximum = 100)]
@@ -141,9 +141,16 @@ fn item(s: &str) -> Result<String, String> {
     responses((status = 200, description = "A page of orders", body = Page<OrderView>)))]
 async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::of(&req);
+    let filter = order_filter(&params, state.timezone)?;
+    let page = params.page()?;
+    ok(state.reader.send(ListOrders { filter, page }).await??)
+}
+
+/// The filters of `GET /api/v1/orders` (and of its CSV export); dates are days in `tz`.
+pub fn order_filter(params: &Params, tz: chrono_tz::Tz) -> Result<OrderFilter, ApiError> {
     let start = params.parse("start_date", DateBound::parse)?;
     let end = params.parse("end_date", DateBound::parse)?;
-    let (start, end) = (start.map(DateBound::start), end.map(DateBound::end));
+    let (start, end) = (start.map(|b| b.start(tz)), end.map(|b| b.end(tz)));
     if let (Some(s), Some(e)) = (start, end)
         && s > e
     {
@@ -152,15 +159,13 @@ async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRespon
             "must not be after end_date",
         ));
     }
-    let filter = OrderFilter {
+    Ok(OrderFilter {
         customer_id: params.uuid("customer_id")?,
         status: params.parse("status", OrderStatus::parse)?,
         q: params.text("q")?,
         start,
         end,
-    };
-    let page = params.page()?;
-    ok(state.reader.send(ListOrders { filter, page }).await??)
+    })
 }
 
 /// Creates an order, queues its SMS and publishes `order.created`, all or nothing.

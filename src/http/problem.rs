@@ -23,9 +23,18 @@ pub enum ApiError {
     PayloadTooLarge,
     /// The body did not arrive within `http.body_timeout_secs`.
     RequestTimeout,
+    /// An upload over its own limits (size or rows), which `detail` names.
+    FileTooLarge(String),
     UnsupportedMediaType,
+    /// A body of another type than the one `detail` names.
+    WrongMediaType(String),
     Validation(FieldErrors),
     RateLimited {
+        retry_after_secs: u64,
+    },
+    /// Refused for now for the reason `detail` gives; 429 with `Retry-After`.
+    TooSoon {
+        detail: String,
         retry_after_secs: u64,
     },
     Unavailable(String),
@@ -62,10 +71,16 @@ impl ApiError {
                 "Request timeout",
                 "the request body took too long to arrive".into(),
             ),
+            Self::FileTooLarge(d) => ("payload-too-large", "Payload too large", d.clone()),
             Self::UnsupportedMediaType => (
                 "unsupported-media-type",
                 "Unsupported media type",
                 "send the body as application/json".into(),
+            ),
+            Self::WrongMediaType(d) => (
+                "unsupported-media-type",
+                "Unsupported media type",
+                d.clone(),
             ),
             Self::Validation(_) => (
                 "validation",
@@ -77,6 +92,7 @@ impl ApiError {
                 "Too many requests",
                 "the rate limit was exceeded; retry after the given delay".into(),
             ),
+            Self::TooSoon { detail, .. } => ("rate-limited", "Too many requests", detail.clone()),
             Self::Unavailable(_) => (
                 "unavailable",
                 "Service unavailable",
@@ -107,11 +123,13 @@ impl ResponseError for ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge | Self::FileTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedMediaType | Self::WrongMediaType(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooSoon { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -142,7 +160,10 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"duka\""));
             }
-            Self::RateLimited { retry_after_secs } => {
+            Self::RateLimited { retry_after_secs }
+            | Self::TooSoon {
+                retry_after_secs, ..
+            } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             Self::Unavailable(_) => {
@@ -160,6 +181,13 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => Self::NotFound(format!("no such {what}")),
             StoreError::Conflict(d) => Self::Conflict(d),
             StoreError::Validation(errors) => Self::Validation(errors),
+            StoreError::TooSoon {
+                detail,
+                retry_after_secs,
+            } => Self::TooSoon {
+                detail,
+                retry_after_secs,
+            },
             StoreError::Unavailable(d) => Self::Unavailable(d),
             StoreError::Internal(d) => Self::Internal(d),
         }

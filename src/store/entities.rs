@@ -69,6 +69,8 @@ pub mod notification {
         pub next_attempt_at: Option<i64>,
         /// Until when a `sending` row belongs to the dispatcher that claimed it.
         pub lease_until: Option<i64>,
+        /// Made by "send again" (not by the order's creation or a status change).
+        pub resend: bool,
         pub created_at: i64,
         pub updated_at: i64,
     }

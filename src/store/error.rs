@@ -11,6 +11,12 @@ pub enum StoreError {
     Conflict(String),
     #[error("validation failed")]
     Validation(FieldErrors),
+    /// Refused for now: `detail`, and when to try again.
+    #[error("{detail}")]
+    TooSoon {
+        detail: String,
+        retry_after_secs: u64,
+    },
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("database error: {0}")]

@@ -10,6 +10,7 @@ pub mod maintenance;
 pub mod ops;
 pub mod reader;
 pub mod reads;
+pub mod reports;
 pub mod repository;
 pub mod views;
 

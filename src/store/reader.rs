@@ -96,3 +96,13 @@ query!(
     EventsAfter { after: i64, upto: i64, limit: u64 } -> Vec<Event>,
     |db, m| reads::events_after(&db, m.after, m.upto, m.limit).await
 );
+query!(
+    /// Orders and SMS per day in the business time zone (see `reports::stats`).
+    Stats { window: super::reports::StatsWindow } -> super::reports::StatsRows,
+    |db, m| super::reports::stats(&db, &m.window).await
+);
+query!(
+    /// Which of these phones and codes customers already have.
+    TakenCustomerKeys { phones: Vec<String>, codes: Vec<String> } -> super::reports::Taken,
+    |db, m| super::reports::taken(&db, &m.phones, &m.codes).await
+);

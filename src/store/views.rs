@@ -2,6 +2,7 @@
 
 use super::entities::{customer, notification, order};
 use crate::domain::money::Money;
+use crate::domain::notification::NotificationStatus;
 use crate::domain::time::Timestamp;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -159,6 +160,9 @@ pub struct NotificationView {
     /// Always present; `null` when absent.
     #[schema(required = true)]
     pub error: Option<String>,
+    /// When a `queued` message waiting to be retried will be tried again; `null` otherwise.
+    #[schema(required = true, value_type = Option<String>, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
+    pub next_attempt_at: Option<Timestamp>,
     #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
@@ -167,6 +171,8 @@ pub struct NotificationView {
 
 impl From<notification::Model> for NotificationView {
     fn from(m: notification::Model) -> Self {
+        // A fresh message is due at once; only one that has been tried waits for a retry.
+        let retrying = m.status == NotificationStatus::Queued.as_str() && m.attempts > 0;
         Self {
             id: m.id,
             order_id: m.order_id,
@@ -179,6 +185,10 @@ impl From<notification::Model> for NotificationView {
             provider_message_id: m.provider_message_id,
             cost: m.cost,
             error: m.error,
+            next_attempt_at: m
+                .next_attempt_at
+                .filter(|_| retrying)
+                .map(Timestamp::from_millis),
             created_at: Timestamp::from_millis(m.created_at),
             updated_at: Timestamp::from_millis(m.updated_at),
         }

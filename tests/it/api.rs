@@ -184,7 +184,7 @@ const ORDER_FIELDS: [&str; 11] = [
     "status",
     "updated_at",
 ];
-const NOTIFICATION_FIELDS: [&str; 13] = [
+const NOTIFICATION_FIELDS: [&str; 14] = [
     "attempts",
     "cost",
     "created_at",
@@ -192,6 +192,7 @@ const NOTIFICATION_FIELDS: [&str; 13] = [
     "error",
     "id",
     "message",
+    "next_attempt_at",
     "order_id",
     "phone",
     "provider",
@@ -1716,12 +1717,44 @@ async fn order_notifications_list_resend_and_global_filters() {
         "the order shows its latest notification"
     );
 
+    // Each SMS costs money: a second "send again" of this order within a minute is refused
+    // with Retry-After and queues nothing; the SMS sent on creation did not count, and
+    // another order is not held back.
+    let before = counts(&db).await;
+    let r = app.post_r(&path, json!({})).await;
+    r.problem(429, &[]);
+    let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("less than a minute ago"),
+        "{}",
+        r.text
+    );
+    assert_eq!(counts(&db).await.notifications, before.notifications);
+    let r = app
+        .post_r(&format!("{}/notifications", order_path(&other)), json!({}))
+        .await;
+    r.expect(202);
+
     // GET /notifications filters.
     let by_order = items(&app, &qs("/api/v1/notifications", &[("order_id", &id(&o))])).await;
     assert_eq!(ids(&by_order), [id(&fresh), id(n)]);
     let everything = items(&app, "/api/v1/notifications").await;
-    assert_eq!(everything.len(), 3);
+    assert_eq!(everything.len(), 4, "two of each order (one sent again)");
     assert!(ids(&everything).contains(&id(&other["notification"])));
+    // Counted by status once they stop moving (the dispatcher is sending them meanwhile).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while items(&app, "/api/v1/notifications")
+        .await
+        .iter()
+        .any(|x| x["status"] == "queued" || x["status"] == "sending")
+    {
+        assert!(std::time::Instant::now() < deadline, "the SMS stay in flight");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let mut by_status = 0;
     for status in NOTIFICATION_STATUSES {
         let list = items(&app, &qs("/api/v1/notifications", &[("status", status)])).await;
@@ -1731,7 +1764,7 @@ async fn order_notifications_list_resend_and_global_filters() {
         );
         by_status += list.len();
     }
-    assert_eq!(by_status, 3);
+    assert_eq!(by_status, 4);
     let pages = walk(&app, "/api/v1/notifications", &[("limit", "2")]).await;
     assert_eq!(ids(&pages.concat()), ids(&everything));
     for (param, value) in [

@@ -2,6 +2,7 @@
 //! `--version`, `watch` over https), where it keeps its files, its logs from the first
 //! line, compression and caching of what it serves, and the deployment files in `deploy/`.
 
+use crate::support::process::log_field as field;
 use crate::support::*;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -110,7 +111,13 @@ impl Served {
             .status();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while self.child.try_wait().unwrap().is_none() {
-            assert!(std::time::Instant::now() < deadline, "duka did not stop");
+            while let Ok(line) = self.lines.try_recv() {
+                self.seen.push(line);
+            }
+            if std::time::Instant::now() >= deadline {
+                let last: Vec<_> = self.seen.iter().rev().take(15).rev().collect();
+                panic!("duka did not stop within 30 s of SIGINT; its last lines: {last:#?}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         // The reader threads end with the pipes.
@@ -129,14 +136,6 @@ impl Drop for Served {
 }
 
 /// A field of a log line: `fields.NAME` of a JSON line, `NAME=value` of a text one.
-fn field(line: &str, name: &str) -> Option<String> {
-    if let Ok(entry) = serde_json::from_str::<Value>(line) {
-        return entry["fields"][name].as_str().map(str::to_string);
-    }
-    let (_, rest) = line.split_once(&format!(" {name}="))?;
-    rest.split_whitespace().next().map(str::to_string)
-}
-
 fn write(path: &Path, text: &str) {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).unwrap();

@@ -16,6 +16,7 @@ mod cli;
 mod dashboard;
 mod live;
 mod ops;
+mod reports;
 mod security;
 mod sms;
 mod writes;

@@ -218,6 +218,12 @@ async fn transient_failures_are_retried_with_backoff_until_sent() {
         ["sending", "queued", "sending", "queued", "sending", "sent"]
     );
     assert!(s(&events[1]["error"]).contains("500"), "{}", events[1]);
+    // Waiting for a retry says when; otherwise `next_attempt_at` is null.
+    let retry_at = s(&events[1]["next_attempt_at"]);
+    assert!(retry_at >= s(&events[1]["updated_at"]), "{}", events[1]);
+    assert_eq!(events[0]["next_attempt_at"], Value::Null);
+    assert_eq!(events[5]["next_attempt_at"], Value::Null);
+    assert_eq!(n["next_attempt_at"], Value::Null);
 
     // 429 (rate limited by the provider) is worth another attempt too.
     let other = app.create_customer(json!({})).await;
@@ -384,6 +390,7 @@ async fn messages_left_queued_or_abandoned_by_a_crash_are_sent_once_after_restar
             error: None,
             next_attempt_at: Some(now - 5000),
             lease_until,
+            resend: false,
             created_at: now - 5000,
             updated_at: now - 5000,
         }

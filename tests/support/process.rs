@@ -13,7 +13,7 @@ pub struct DukaProcess {
     pub url: String,
     pub pid: u32,
     child: Child,
-    /// Every line the process wrote to stdout so far (its log and start lines).
+    /// Every line the process wrote so far (its log on stderr, anything on stdout).
     output: Arc<Mutex<Vec<String>>>,
     pub client: reqwest::Client,
     pub data_dir: tempfile::TempDir,
@@ -44,29 +44,33 @@ pub async fn spawn_duka(extra: &str, shell_prefix: &str) -> DukaProcess {
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("duka starts");
     let pid = child.id();
-    let stdout = child.stdout.take().expect("stdout");
     let output = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let lines = output.clone();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(url) = line
-                .split("listening on ")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(url.to_string());
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    // Logs go to stderr (JSON or text, by `log.format`); commands' answers to stdout.
+    let pipes: [Box<dyn std::io::Read + Send>; 2] = [
+        Box::new(child.stdout.take().expect("stdout")),
+        Box::new(child.stderr.take().expect("stderr")),
+    ];
+    for pipe in pipes {
+        let (lines, tx) = (output.clone(), tx.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("listening")
+                    && let Some(url) = log_field(&line, "url")
+                    && let Some(tx) = tx.lock().unwrap().take()
+                {
+                    let _ = tx.send(url);
+                }
+                lines.lock().unwrap().push(line);
             }
-            lines.lock().unwrap().push(line);
-        }
-    });
+        });
+    }
     let url = tokio::time::timeout(Duration::from_secs(60), rx)
         .await
         .expect("duka says where it listens within 60 s")
@@ -118,6 +122,15 @@ impl DukaProcess {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// A field of a log line, JSON (`{"fields":{"url":..}}`) or text (` url=...`).
+pub fn log_field(line: &str, name: &str) -> Option<String> {
+    if let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) {
+        return entry["fields"][name].as_str().map(str::to_string);
+    }
+    let (_, rest) = line.split_once(&format!(" {name}="))?;
+    rest.split_whitespace().next().map(str::to_string)
 }
 
 pub fn metric_value(text: &str, series: &str) -> f64 {

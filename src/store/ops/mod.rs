@@ -4,6 +4,7 @@
 
 mod creates;
 pub mod customers;
+mod import;
 pub mod notifications;
 pub mod orders;
 pub mod sessions;
@@ -51,6 +52,11 @@ pub enum WriteOp {
     },
     DeleteOrder {
         id: Uuid,
+    },
+    /// Customers from an import, valid and unique among themselves, each with its row
+    /// number in the file: all or none (see `import::import`).
+    ImportCustomers {
+        customers: Vec<(usize, NewCustomer)>,
     },
     /// A fresh SMS for an order (the "resend" button).
     QueueNotification {
@@ -195,6 +201,7 @@ pub(super) async fn apply_one(
         WriteOp::DeleteCustomer { id } => customers::delete(txn, id, batch).await,
         WriteOp::UpdateOrder { id, patch } => orders::update(txn, id, patch, batch).await,
         WriteOp::DeleteOrder { id } => orders::delete(txn, id, batch).await,
+        WriteOp::ImportCustomers { customers } => import::import(txn, customers, batch).await,
         WriteOp::QueueNotification { order_id } => {
             notifications::queue_again(txn, order_id, batch).await
         }

@@ -21,17 +21,18 @@ use sea_orm::{
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-/// A `queued` notification row for `on`, when SMS is enabled and (unless `always`) the
-/// event is in `sms.notify_on`. Nothing is written.
+/// A `queued` notification row for `on`, when SMS is enabled and (unless it is a `resend`,
+/// which "send again" asks for whatever `sms.notify_on` says) the event is in
+/// `sms.notify_on`. Nothing is written.
 pub(super) fn new_row(
     cfg: &WriteConfig,
     order: &order::Model,
     customer: &customer::Model,
     on: NotifyOn,
-    always: bool,
+    resend: bool,
 ) -> Option<notification::Model> {
     let provider = cfg.sms_provider.as_ref()?;
-    if !always && !cfg.notify_on.contains(&on) {
+    if !resend && !cfg.notify_on.contains(&on) {
         return None;
     }
     let template = cfg.templates.get(&on)?;
@@ -62,6 +63,7 @@ pub(super) fn new_row(
         error: None,
         next_attempt_at: Some(now),
         lease_until: None,
+        resend,
         created_at: now,
         updated_at: now,
     })
@@ -74,10 +76,10 @@ pub(super) async fn queue(
     order: &order::Model,
     customer: &customer::Model,
     on: NotifyOn,
-    always: bool,
+    resend: bool,
     batch: &mut Batch<'_>,
 ) -> Result<Option<notification::Model>, StoreError> {
-    let Some(row) = new_row(batch.cfg, order, customer, on, always) else {
+    let Some(row) = new_row(batch.cfg, order, customer, on, resend) else {
         return Ok(None);
     };
     notification::Entity::insert(row.clone().into_active_model())
@@ -91,7 +93,12 @@ pub(super) async fn queue(
     Ok(Some(row))
 }
 
-/// The "send again" button: a fresh message about the order's current status.
+/// How long after one "send again" of an order the next is refused (each SMS costs money;
+/// a double click or an impatient second press must not send two).
+pub const RESEND_COOLDOWN_MS: i64 = 60_000;
+
+/// The "send again" button: a fresh message about the order's current status, at most one
+/// per order within `RESEND_COOLDOWN_MS` (the message sent on creation does not count).
 pub(super) async fn queue_again(
     txn: &impl ConnectionTrait,
     order_id: Uuid,
@@ -105,6 +112,25 @@ pub(super) async fn queue_again(
     let Some(order) = order::Entity::find_by_id(order_id).one(txn).await? else {
         return refuse(StoreError::NotFound("order"));
     };
+    let now = Timestamp::now().millis();
+    let last_resend: Option<Option<i64>> = notification::Entity::find()
+        .select_only()
+        .column_as(notification::Column::CreatedAt.max(), "last")
+        .filter(notification::Column::OrderId.eq(order_id))
+        .filter(notification::Column::Resend.eq(true))
+        .into_tuple()
+        .one(txn)
+        .await?;
+    if let Some(last) = last_resend.flatten()
+        && now - last < RESEND_COOLDOWN_MS
+    {
+        // Whole seconds, rounded up, at least one.
+        let wait_ms = u64::try_from(RESEND_COOLDOWN_MS - (now - last)).unwrap_or(0);
+        return refuse(StoreError::TooSoon {
+            detail: "this order's SMS was sent again less than a minute ago".into(),
+            retry_after_secs: std::cmp::max(wait_ms.div_ceil(1000), 1),
+        });
+    }
     let customer = customer::Entity::find_by_id(order.customer_id)
         .one(txn)
         .await?
@@ -277,7 +303,8 @@ pub(super) async fn record_sends(
            updated_at = CASE WHEN updated_at > {now_param} THEN updated_at ELSE {now_param} END \
          FROM v WHERE id = v_id AND status = 'sending' AND lease_until = v_lease \
          RETURNING id, order_id, customer_id, phone, message, status, attempts, provider, \
-           provider_message_id, cost, error, next_attempt_at, lease_until, created_at, updated_at",
+           provider_message_id, cost, error, next_attempt_at, lease_until, resend, created_at, \
+           updated_at",
         rows = rows.join(", ")
     );
     let mut updated = notification::Entity::find()
