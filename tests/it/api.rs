@@ -1752,7 +1752,10 @@ async fn order_notifications_list_resend_and_global_filters() {
         .iter()
         .any(|x| x["status"] == "queued" || x["status"] == "sending")
     {
-        assert!(std::time::Instant::now() < deadline, "the SMS stay in flight");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the SMS stay in flight"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let mut by_status = 0;
