@@ -63,23 +63,18 @@ pub struct CustomerPatchBody {
     email: Option<String>,
 }
 
+/// The filter of `GET /api/v1/customers` (and of its CSV export).
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-pub struct CustomerQuery {
+pub struct CustomerFilterQuery {
     /// Case-insensitive substring of name, code, phone or email.
     #[param(min_length = 1)]
     q: Option<String>,
-    /// Page size.
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    #[param(min_length = 1)]
-    cursor: Option<String>,
 }
 
 /// Customers, newest first.
-#[utoipa::path(get, path = "/api/v1/customers", tag = "customers", params(CustomerQuery),
+#[utoipa::path(get, path = "/api/v1/customers", tag = "customers", params(CustomerFilterQuery, PageQuery),
     responses((status = 200, description = "A page of customers", body = Page<CustomerView>)))]
 async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::of(&req);

@@ -99,10 +99,11 @@ pub struct OrderPatchBody {
     status: Option<OrderStatus>,
 }
 
+/// The filters of `GET /api/v1/orders` (and of its CSV export).
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-pub struct OrderQuery {
+pub struct OrderFilterQuery {
     customer_id: Option<Uuid>,
     status: Option<OrderStatus>,
     /// Case-insensitive substring of item, order number, customer name or code.
@@ -114,10 +115,6 @@ pub struct OrderQuery {
     /// Inclusive: `YYYY-MM-DD` (a day in `business.timezone`) or an RFC 3339 instant.
     #[param(min_length = 1, example = "2026-11-30")]
     end_date: Option<String>,
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<u32>,
-    #[param(min_length = 1)]
-    cursor: Option<String>,
 }
 
 #[derive(IntoParams)]
@@ -137,7 +134,7 @@ fn item(s: &str) -> Result<String, String> {
 }
 
 /// Orders, newest first, filtered.
-#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", params(OrderQuery),
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", params(OrderFilterQuery, PageQuery),
     responses((status = 200, description = "A page of orders", body = Page<OrderView>)))]
 async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::of(&req);

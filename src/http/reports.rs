@@ -184,31 +184,13 @@ fn customer_record(c: &CustomerView) -> Vec<String> {
     ]
 }
 
-/// The filters of `GET /api/v1/orders`, without paging.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct OrderExportQuery {
-    customer_id: Option<Uuid>,
-    status: Option<OrderStatus>,
-    /// Case-insensitive substring of item, order number, customer name or code.
-    #[param(min_length = 1)]
-    q: Option<String>,
-    /// Inclusive: `YYYY-MM-DD` (a day in `business.timezone`) or an RFC 3339 instant.
-    #[param(min_length = 1, example = "2026-11-01")]
-    start_date: Option<String>,
-    /// Inclusive: `YYYY-MM-DD` (a day in `business.timezone`) or an RFC 3339 instant.
-    #[param(min_length = 1, example = "2026-11-30")]
-    end_date: Option<String>,
-}
-
 /// Every order matching the filters of `GET /api/v1/orders`, newest first, as CSV.
 ///
 /// Columns: `order_number,created_at,status,customer_code,customer_name,phone,item,quantity,
 /// amount,currency,sms_status`. A cell beginning with `=`, `+`, `-`, `@`, tab or carriage
 /// return is prefixed with `'`. Streamed page by page: rows are as the database had them
 /// when their page was read.
-#[utoipa::path(get, path = "/api/v1/orders/export.csv", tag = "orders", params(OrderExportQuery),
+#[utoipa::path(get, path = "/api/v1/orders/export.csv", tag = "orders", params(super::orders::OrderFilterQuery),
     responses(
         (status = 200, description = "`Content-Disposition: attachment; filename=\"orders-YYYYMMDD.csv\"`", content_type = "text/csv", body = String),
     ))]
@@ -233,18 +215,9 @@ async fn export_orders(
     Ok(csv_response("orders", state.timezone, body))
 }
 
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct CustomerExportQuery {
-    /// Case-insensitive substring of name, code, phone or email.
-    #[param(min_length = 1)]
-    q: Option<String>,
-}
-
 /// Every customer matching `q`, newest first, as CSV: `code,name,phone,email,created_at`
 /// (quoting and the formula guard as for orders).
-#[utoipa::path(get, path = "/api/v1/customers/export.csv", tag = "customers", params(CustomerExportQuery),
+#[utoipa::path(get, path = "/api/v1/customers/export.csv", tag = "customers", params(super::customers::CustomerFilterQuery),
     responses(
         (status = 200, description = "`Content-Disposition: attachment; filename=\"customers-YYYYMMDD.csv\"`", content_type = "text/csv", body = String),
     ))]

@@ -306,30 +306,17 @@ async fn idempotency_keys_repeated_inside_one_batch_create_once() {
     let body = |i: usize| json!({ "customer_id": customer["id"], "item": format!("K{i}"), "amount": "3.00" });
     let mut requests = Vec::new();
     let mut keys = Vec::new();
-    for i in 0..200 {
+    // (key, body): 200 fresh keys, 50 of them again with the same body, 6 with another.
+    let sends = (0..200)
+        .map(|i| (i, i))
+        .chain((0..50).map(|i| (i, i)))
+        .chain((50..56).map(|i| (i, i + 1000)));
+    for (i, b) in sends {
         keys.push(i);
         requests.push((
             Method::POST,
             "/api/v1/orders".to_string(),
-            Some(body(i)),
-            Some(format!("batch-key-{i}")),
-        ));
-    }
-    for i in 0..50 {
-        keys.push(i);
-        requests.push((
-            Method::POST,
-            "/api/v1/orders".to_string(),
-            Some(body(i)),
-            Some(format!("batch-key-{i}")),
-        ));
-    }
-    for i in 50..56 {
-        keys.push(i);
-        requests.push((
-            Method::POST,
-            "/api/v1/orders".to_string(),
-            Some(body(i + 1000)),
+            Some(body(b)),
             Some(format!("batch-key-{i}")),
         ));
     }
