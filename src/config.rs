@@ -1,6 +1,7 @@
 //! Settings: built-in defaults (documented key by key in `config.toml`), then one TOML file,
 //! then `DUKA__SECTION__KEY` environment variables.
 
+use crate::auth::role::Role;
 use crate::domain::notification::{NotifyOn, Template};
 use crate::domain::phone::Region;
 use figment::Figment;
@@ -22,7 +23,24 @@ pub struct Settings {
     pub business: Business,
     pub sms: Sms,
     pub live: Live,
+    pub audit: Audit,
     pub log: Log,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    /// Days an order's history (its events, with who made each change) is kept, whatever
+    /// `live.retention_days` (the replay window of `?since=`) is.
+    pub retention_days: u32,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Self {
+            retention_days: 365,
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -68,11 +86,93 @@ pub enum AuthMode {
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     pub mode: AuthMode,
-    pub tokens: Vec<String>,
+    pub tokens: Vec<TokenEntry>,
     /// Secret that signs session cookies; empty: generated once into `data_dir`.
     pub session_key: String,
     pub session_ttl_hours: u32,
     pub oidc: Oidc,
+}
+
+/// An entry of `auth.tokens`: a string (an admin token), or a table naming the token's role
+/// and the principal's name.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenEntry {
+    Admin(String),
+    Named(NamedToken),
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedToken {
+    pub token: String,
+    /// `viewer`, `staff` or `admin` (checked by `Settings::validate`).
+    #[serde(default)]
+    pub role: String,
+    /// Default "API token N".
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A configured token as the authenticator uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub token: String,
+    pub role: Role,
+    pub name: String,
+}
+
+impl From<&str> for TokenEntry {
+    fn from(token: &str) -> Self {
+        Self::Admin(token.to_string())
+    }
+}
+
+impl TokenEntry {
+    pub fn token(&self) -> &str {
+        match self {
+            Self::Admin(token) => token,
+            Self::Named(named) => &named.token,
+        }
+    }
+}
+
+impl Auth {
+    /// The configured tokens with their roles and names (the `i`th is "API token i+1"
+    /// unless named); `Err` names the entry whose role is not one of the three.
+    pub fn api_tokens(&self) -> Result<Vec<ApiToken>, ConfigError> {
+        self.tokens
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                let default_name = format!("API token {}", i + 1);
+                Ok(match entry {
+                    TokenEntry::Admin(token) => ApiToken {
+                        token: token.clone(),
+                        role: Role::Admin,
+                        name: default_name,
+                    },
+                    TokenEntry::Named(named) => ApiToken {
+                        token: named.token.clone(),
+                        role: Role::parse(&named.role).ok_or_else(|| {
+                            key_error(
+                                &format!("auth.tokens[{i}].role"),
+                                format!(
+                                    "{:?} is not a role: give viewer, staff or admin",
+                                    named.role
+                                ),
+                            )
+                        })?,
+                        name: named
+                            .name
+                            .clone()
+                            .filter(|n| !n.trim().is_empty())
+                            .unwrap_or(default_name),
+                    },
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +190,14 @@ pub struct Oidc {
     /// With both allow lists empty, the server starts only when this says that every
     /// account of the issuer may sign in.
     pub allow_any_account: bool,
+    /// The role of whoever may sign in, unless a list or the role claim names a higher one.
+    pub default_role: Role,
+    /// Verified e-mail addresses (any case) that are `staff`.
+    pub staff: Vec<String>,
+    /// Verified e-mail addresses (any case) that are `admin`.
+    pub admins: Vec<String>,
+    /// A claim (string or array) that may name `viewer`, `staff` or `admin`; empty: none.
+    pub role_claim: String,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -211,6 +319,7 @@ impl Default for Settings {
             business: Business::default(),
             sms: Sms::default(),
             live: Live::default(),
+            audit: Audit::default(),
             log: Log::default(),
         }
     }
@@ -274,6 +383,10 @@ impl Default for Oidc {
             allowed_domains: Vec::new(),
             allowed_emails: Vec::new(),
             allow_any_account: false,
+            default_role: Role::Viewer,
+            staff: Vec::new(),
+            admins: Vec::new(),
+            role_claim: String::new(),
         }
     }
 }
@@ -698,7 +811,8 @@ impl Settings {
         if self.http.body_timeout_secs == 0 {
             return Err(key_error("http.body_timeout_secs", "must be at least 1"));
         }
-        for (i, token) in self.auth.tokens.iter().enumerate() {
+        self.auth.api_tokens()?;
+        for (i, token) in self.auth.tokens.iter().map(TokenEntry::token).enumerate() {
             if token.len() < 8 || token.bytes().any(|b| !b.is_ascii_graphic()) {
                 return Err(key_error(
                     &format!("auth.tokens[{i}]"),
@@ -816,6 +930,9 @@ impl Settings {
         if self.live.retention_days == 0 {
             return Err(key_error("live.retention_days", "must be at least 1"));
         }
+        if self.audit.retention_days == 0 {
+            return Err(key_error("audit.retention_days", "must be at least 1"));
+        }
         if self.live.max_buffered_frames == 0 {
             return Err(key_error("live.max_buffered_frames", "must be at least 1"));
         }
@@ -908,7 +1025,7 @@ impl Settings {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         if self.auth.mode == AuthMode::Token {
-            for (i, token) in self.auth.tokens.iter().enumerate() {
+            for (i, token) in self.auth.tokens.iter().map(TokenEntry::token).enumerate() {
                 if token.len() < 16 {
                     warnings.push(format!(
                         "auth.tokens[{i}] is shorter than 16 characters: easy to guess"

@@ -173,7 +173,10 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     let mut generated_token = None;
     let mode = match settings.auth.mode {
         config::AuthMode::Token => {
-            let mut tokens = settings.auth.tokens.clone();
+            let mut tokens = settings
+                .auth
+                .api_tokens()
+                .map_err(|e| StartError(e.to_string()))?;
             if tokens.is_empty() {
                 let (token, created) =
                     auth::token::load_or_create(&settings.data_dir).map_err(|e| {
@@ -182,7 +185,11 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
                             settings.data_dir.display()
                         ))
                     })?;
-                tokens.push(token.clone());
+                tokens.push(config::ApiToken {
+                    token: token.clone(),
+                    role: auth::role::Role::Admin,
+                    name: "API token 1".into(),
+                });
                 generated_token = created.then_some(token);
             }
             auth::Mode::Token(auth::token::TokenAuth::new(&tokens))
@@ -197,7 +204,8 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
             auth::Mode::Oidc(oidc)
         }
     };
-    let retention = live::retention(&settings);
+    let retention =
+        std::time::Duration::from_secs(u64::from(settings.audit.retention_days) * 86_400);
     store::maintenance::run(&db, retention).await;
     let latest_seq = store::reads::latest_seq(&db)
         .await

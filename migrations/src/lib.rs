@@ -6,6 +6,7 @@ mod m20261122_000001_initial;
 mod m20261122_000002_sessions;
 mod m20261201_000003_stats_index;
 mod m20261201_000004_notification_resend;
+mod m20261202_000005_audit;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_sessions::Migration),
             Box::new(m20261201_000003_stats_index::Migration),
             Box::new(m20261201_000004_notification_resend::Migration),
+            Box::new(m20261202_000005_audit::Migration),
         ]
     }
 }

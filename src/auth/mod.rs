@@ -5,6 +5,7 @@
 
 pub mod failures;
 pub mod oidc;
+pub mod role;
 pub mod routes;
 pub mod session;
 pub mod token;
@@ -17,6 +18,7 @@ use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use role::{Role, RoleFacts};
 use serde::Serialize;
 use session::{SESSION_COOKIE, Sessions};
 use std::future::{Ready, ready};
@@ -26,13 +28,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An authenticated caller.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
-#[schema(example = json!({"subject": "token:3f2a9c1e5b7d", "name": "API token 1", "email": null, "mode": "token"}))]
+#[schema(example = json!({"subject": "token:3f2a9c1e5b7d", "name": "API token 1", "email": null, "mode": "token", "role": "admin"}))]
 pub struct Principal {
     /// Stable and unique per caller; keys rate limits and idempotency records.
     pub subject: String,
     pub name: Option<String>,
     pub email: Option<String>,
     pub mode: &'static str,
+    /// What the caller may do (see `auth::role`).
+    pub role: Role,
+}
+
+impl Principal {
+    /// The name to show for changes this principal made: its name, else its e-mail, else
+    /// its subject.
+    pub fn display_name(&self) -> &str {
+        self.name
+            .as_deref()
+            .or(self.email.as_deref())
+            .unwrap_or(&self.subject)
+    }
+}
+
+impl From<&Principal> for crate::domain::event::Actor {
+    fn from(p: &Principal) -> Self {
+        Self::user(&p.subject, p.display_name())
+    }
 }
 
 /// Why a credential was refused (the class only, never the credential or internals).
@@ -159,6 +180,8 @@ pub enum Credential {
 pub struct Verified {
     pub principal: Principal,
     pub expires_at: Option<i64>,
+    /// What decided the role, for a session made from this credential.
+    pub facts: RoleFacts,
 }
 
 /// A principal and how it was proven.
@@ -213,6 +236,7 @@ impl Authenticator {
             Mode::Token(tokens) => Ok(Verified {
                 principal: tokens.authenticate(Some(bearer))?,
                 expires_at: None,
+                facts: RoleFacts::default(),
             }),
             Mode::Oidc(oidc) => oidc.verify_bearer(bearer).await,
         }
@@ -246,31 +270,28 @@ impl Authenticator {
         if self.sessions.id_hash_of(cookie).is_none() {
             return Err(AuthFailure::ForgedSession);
         }
-        let (principal, expires_at) = self
+        let (stored, facts, expires_at) = self
             .sessions
             .find(cookie)
             .await
             .map_err(|e| AuthFailure::Unavailable(e.to_string()))?
             .ok_or(AuthFailure::SessionEnded)?;
-        // A session outlives neither a change of mode nor the removal of its token, and the
-        // allow lists in force now apply.
-        let still_valid = match &self.mode {
-            Mode::Token(tokens) => principal.mode == "token" && tokens.knows(&principal.subject),
-            Mode::Oidc(oidc) => {
-                if principal.mode != "oidc" {
-                    false
-                } else {
-                    oidc.check_allowed(&principal, Some(true))?;
-                    true
-                }
+        // A session outlives neither a change of mode nor the removal of its token; the
+        // allow lists and roles in force now apply.
+        let principal = match &self.mode {
+            Mode::Token(tokens) if stored.mode == "token" => tokens.principal_of(&stored.subject),
+            Mode::Oidc(oidc) if stored.mode == "oidc" => {
+                oidc.check_allowed(&stored, Some(facts.email_verified))?;
+                let role = oidc.role_of(stored.email.as_deref(), facts);
+                Some(Principal { role, ..stored })
             }
-        };
-        if !still_valid {
-            return Err(AuthFailure::SessionEnded);
+            _ => None,
         }
+        .ok_or(AuthFailure::SessionEnded)?;
         Ok(Verified {
             principal,
             expires_at: Some(expires_at / 1000),
+            facts,
         })
     }
 
@@ -394,6 +415,27 @@ pub async fn require_principal(
             }
             Ok(refuse(req, failure.into_api_error()))
         }
+    }
+}
+
+/// Lets a request through when its principal (attached by `require_principal`) has at
+/// least `needed`; 403 naming the role otherwise, before anything is read or changed.
+/// Every `/api/v1` route is wrapped in it by the route table (`Routes::add_for`).
+pub async fn require_role(
+    needed: Role,
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let role = req.extensions().get::<Principal>().map(|p| p.role);
+    match role {
+        Some(role) if role >= needed => Ok(next.call(req).await?.map_into_left_body()),
+        Some(role) => {
+            let error = ApiError::Forbidden(format!(
+                "this needs the {needed} role (or a higher one); yours is {role}"
+            ));
+            Ok(refuse(req, error))
+        }
+        None => Ok(refuse(req, AuthFailure::Missing.into_api_error())),
     }
 }
 

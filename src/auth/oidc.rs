@@ -4,6 +4,7 @@
 //! withdrawn key stops being trusted; never more than once per `REFRESH_EVERY`); browsers
 //! sign in with the authorization code flow (PKCE, state, nonce) run by `openidconnect`.
 
+use super::role::{Role, RoleFacts};
 use super::session::SessionKey;
 use super::{AuthFailure, Principal, Verified};
 use crate::config;
@@ -77,6 +78,18 @@ struct BearerClaims {
     name: Option<String>,
     /// Some issuers write it as a float.
     exp: f64,
+    /// Every other claim, for `auth.oidc.role_claim`.
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `email_verified` as issuers write it: a boolean, or (some) the string "true".
+fn verified_flag(value: Option<&serde_json::Value>) -> Option<bool> {
+    match value? {
+        serde_json::Value::Bool(b) => Some(*b),
+        serde_json::Value::String(s) => Some(s == "true"),
+        _ => Some(false),
+    }
 }
 
 /// A sign-in in progress, kept in a signed short-lived cookie between login and callback
@@ -314,11 +327,10 @@ impl OidcAuth {
                 _ => AuthFailure::Malformed,
             })?;
         let c = data.claims;
-        let verified = match c.email_verified {
-            None => None,
-            Some(serde_json::Value::Bool(b)) => Some(b),
-            Some(serde_json::Value::String(s)) => Some(s == "true"),
-            Some(_) => Some(false),
+        let verified = verified_flag(c.email_verified.as_ref());
+        let facts = RoleFacts {
+            email_verified: verified == Some(true),
+            claimed: self.claimed_role(&c.other),
         };
         // Text that reaches the database (sessions, events' actor) must not hold U+0000,
         // which PostgreSQL refuses.
@@ -326,17 +338,51 @@ impl OidcAuth {
         if c.sub.is_empty() || c.sub.contains('\0') || nul(&c.name) || nul(&c.email) {
             return Err(AuthFailure::Malformed);
         }
+        let role = self.role_of(c.email.as_deref(), facts);
         let principal = Principal {
             subject: c.sub,
             name: c.name,
             email: c.email,
             mode: "oidc",
+            role,
         };
         self.check_allowed(&principal, verified)?;
         Ok(Verified {
             principal,
             expires_at: Some(c.exp as i64),
+            facts,
         })
+    }
+
+    /// The highest role `auth.oidc.role_claim` names among `claims`.
+    fn claimed_role(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Option<Role> {
+        let name = self.settings.role_claim.as_str();
+        if name.is_empty() {
+            return None;
+        }
+        claims.get(name).and_then(Role::highest_in)
+    }
+
+    /// The role of a signed-in identity: the highest of `auth.oidc.default_role`, the
+    /// `staff` / `admins` lists (a verified e-mail only, in any case) and the role claim.
+    pub fn role_of(&self, email: Option<&str>, facts: RoleFacts) -> Role {
+        let s = &self.settings;
+        let listed = |list: &[String]| {
+            facts.email_verified
+                && email.is_some_and(|e| list.iter().any(|l| l.eq_ignore_ascii_case(e.trim())))
+        };
+        let by_list = if listed(&s.admins) {
+            Some(Role::Admin)
+        } else if listed(&s.staff) {
+            Some(Role::Staff)
+        } else {
+            None
+        };
+        [Some(s.default_role), by_list, facts.claimed]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(Role::Viewer)
     }
 
     /// `allowed_domains` / `allowed_emails`: when either is set, the email must be listed and
@@ -431,7 +477,7 @@ impl OidcAuth {
         key: &SessionKey,
         code: &str,
         state: &str,
-    ) -> Result<(Principal, String), AuthFailure> {
+    ) -> Result<(Principal, RoleFacts, String), AuthFailure> {
         let login: LoginState = sealed
             .and_then(|v| key.open("login", v))
             .and_then(|p| serde_json::from_slice(&p).ok())
@@ -495,13 +541,32 @@ impl OidcAuth {
                 }
             }
         };
+        // The token's signature and claims were verified above; its payload is read again
+        // only for the role claim, which the standard claims do not carry.
+        let payload = id_token
+            .to_string()
+            .split('.')
+            .nth(1)
+            .and_then(|p| {
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, p).ok()
+            })
+            .and_then(|bytes| {
+                serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).ok()
+            })
+            .unwrap_or_default();
+        let facts = RoleFacts {
+            email_verified: claims.email_verified() == Some(true),
+            claimed: self.claimed_role(&payload),
+        };
+        let email = claims.email().map(|e| e.as_str().to_string());
         let principal = Principal {
             subject: claims.subject().as_str().to_string(),
             name: claims
                 .name()
                 .and_then(|n| n.get(None))
                 .map(|n| n.as_str().to_string()),
-            email: claims.email().map(|e| e.as_str().to_string()),
+            role: self.role_of(email.as_deref(), facts),
+            email,
             mode: "oidc",
         };
         let nul = |t: &Option<String>| t.as_deref().is_some_and(|t| t.contains('\0'));
@@ -509,7 +574,7 @@ impl OidcAuth {
             return Err(AuthFailure::Login("the ID token is not valid"));
         }
         self.check_allowed(&principal, claims.email_verified())?;
-        Ok((principal, login.next))
+        Ok((principal, facts, login.next))
     }
 }
 

@@ -1,5 +1,6 @@
 //! `/auth/*`: who am I, browser sessions (both modes) and the OIDC sign-in round trip.
 
+use super::role::RoleFacts;
 use super::session::{self, SESSION_COOKIE};
 use super::{AuthFailure, Authenticator, ByCookie, Principal, oidc, same_origin};
 use crate::http::body::{Form, JsonObject, text};
@@ -104,7 +105,14 @@ async fn create_session(
         }
     };
     // The session lasts no longer than the token it was traded for.
-    let cookie = start_session(&auth, &req, &verified.principal, verified.expires_at).await?;
+    let cookie = start_session(
+        &auth,
+        &req,
+        &verified.principal,
+        verified.facts,
+        verified.expires_at,
+    )
+    .await?;
     Ok(HttpResponse::NoContent().cookie(cookie).finish())
 }
 
@@ -114,12 +122,13 @@ async fn start_session(
     auth: &Authenticator,
     req: &HttpRequest,
     principal: &Principal,
+    facts: RoleFacts,
     until: Option<i64>,
 ) -> Result<actix_web::cookie::Cookie<'static>, ApiError> {
     if let Some(previous) = req.cookie(SESSION_COOKIE) {
         end_session(auth, req, previous.value()).await?;
     }
-    auth.sessions.create(principal, req, until).await
+    auth.sessions.create(principal, facts, req, until).await
 }
 
 /// Ends a session and closes the WebSockets opened with it (with 1008).
@@ -254,9 +263,9 @@ async fn callback(
             state,
         )
         .await;
-    let (principal, next) = result.map_err(AuthFailure::into_api_error)?;
-    let cookie = start_session(&auth, &req, &principal, None).await?;
-    tracing::info!(subject = %principal.subject, "signed in");
+    let (principal, facts, next) = result.map_err(AuthFailure::into_api_error)?;
+    let cookie = start_session(&auth, &req, &principal, facts, None).await?;
+    tracing::info!(subject = %principal.subject, role = %principal.role, "signed in");
     Ok(HttpResponse::SeeOther()
         .insert_header((header::LOCATION, next))
         .insert_header((header::CACHE_CONTROL, "no-store"))

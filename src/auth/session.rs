@@ -5,6 +5,8 @@
 //! database read.
 
 use super::Principal;
+use super::role::{Role, RoleFacts};
+use crate::domain::event::Actor;
 use crate::http::problem::ApiError;
 use crate::store::entities::session;
 use crate::store::ops::WriteOp;
@@ -101,6 +103,7 @@ impl Sessions {
     pub async fn create(
         &self,
         principal: &Principal,
+        facts: RoleFacts,
         req: &HttpRequest,
         until: Option<i64>,
     ) -> Result<Cookie<'static>, ApiError> {
@@ -122,18 +125,26 @@ impl Sessions {
             name: principal.name.clone(),
             email: principal.email.clone(),
             mode: principal.mode.to_string(),
+            email_verified: facts.email_verified,
+            claimed_role: facts.claimed.map(|r| r.as_str().to_string()),
             created_at: now,
             expires_at: now.saturating_add(ttl_ms),
         };
-        self.repo.send(Write(WriteOp::CreateSession(row))).await??;
+        self.repo
+            .send(Write::new(
+                WriteOp::CreateSession(row),
+                Actor::from(principal),
+            ))
+            .await??;
         let value = self.key.seal("session", &id);
         let max_age = CookieDuration::seconds((ttl_ms / 1000).max(1));
         Ok(cookie(SESSION_COOKIE, value, "/", req, Some(max_age)))
     }
 
-    /// The session a cookie value names and when it expires (ms since the epoch):
-    /// `Ok(None)` when forged, ended or expired.
-    pub async fn find(&self, value: &str) -> Result<Option<(Principal, i64)>, ApiError> {
+    /// The session a cookie value names, what decides its role, and when it expires (ms
+    /// since the epoch): `Ok(None)` when forged, ended or expired. The principal's role is
+    /// the least one: the caller decides it from the settings in force.
+    pub async fn find(&self, value: &str) -> Result<Option<(Principal, RoleFacts, i64)>, ApiError> {
         let Some(id) = self.key.open("session", value) else {
             return Ok(None);
         };
@@ -149,13 +160,19 @@ impl Sessions {
                 "oidc" => "oidc",
                 _ => return None,
             };
+            let facts = RoleFacts {
+                email_verified: r.email_verified,
+                claimed: r.claimed_role.as_deref().and_then(Role::parse),
+            };
             Some((
                 Principal {
                     subject: r.subject,
                     name: r.name,
                     email: r.email,
                     mode,
+                    role: Role::Viewer,
                 },
+                facts,
                 r.expires_at,
             ))
         }))
@@ -174,9 +191,12 @@ impl Sessions {
             return Ok(None);
         };
         self.repo
-            .send(Write(WriteOp::EndSession {
-                id_hash: hash.clone(),
-            }))
+            .send(Write::new(
+                WriteOp::EndSession {
+                    id_hash: hash.clone(),
+                },
+                Actor::auth(),
+            ))
             .await??;
         Ok(Some(hash))
     }

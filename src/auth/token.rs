@@ -1,6 +1,8 @@
 //! Token mode: static bearer tokens, compared in constant time.
 
+use super::role::Role;
 use super::{AuthFailure, Principal};
+use crate::config::ApiToken;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -8,8 +10,15 @@ use std::path::{Path, PathBuf};
 use subtle::ConstantTimeEq;
 
 pub struct TokenAuth {
-    /// SHA-256 of each token: comparing digests keeps the time independent of the length.
-    digests: Vec<[u8; 32]>,
+    tokens: Vec<Known>,
+}
+
+struct Known {
+    /// SHA-256 of the token: comparing digests keeps the time independent of the length.
+    digest: [u8; 32],
+    subject: String,
+    role: Role,
+    name: String,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -17,9 +26,20 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 impl TokenAuth {
-    pub fn new(tokens: &[String]) -> Self {
+    pub fn new(tokens: &[ApiToken]) -> Self {
         Self {
-            digests: tokens.iter().map(|t| digest(t)).collect(),
+            tokens: tokens
+                .iter()
+                .map(|t| {
+                    let digest = digest(&t.token);
+                    Known {
+                        subject: subject_of(&digest),
+                        digest,
+                        role: t.role,
+                        name: t.name.clone(),
+                    }
+                })
+                .collect(),
         }
     }
 
@@ -27,24 +47,33 @@ impl TokenAuth {
         let bearer = bearer.ok_or(AuthFailure::Missing)?;
         let presented = digest(bearer);
         let mut matched = None;
-        for (i, d) in self.digests.iter().enumerate() {
-            if bool::from(d.ct_eq(&presented)) {
-                matched = Some(i);
+        for known in &self.tokens {
+            if bool::from(known.digest.ct_eq(&presented)) {
+                matched = Some(known);
             }
         }
-        let i = matched.ok_or(AuthFailure::Invalid)?;
-        Ok(Principal {
-            subject: subject_of(&self.digests[i]),
-            name: Some(format!("API token {}", i + 1)),
-            email: None,
-            mode: "token",
-        })
+        Ok(matched.ok_or(AuthFailure::Invalid)?.principal())
     }
 
-    /// Whether a session's subject still belongs to a configured token (a session made with a
-    /// token that has since been removed from the settings is over).
-    pub fn knows(&self, subject: &str) -> bool {
-        self.digests.iter().any(|d| subject_of(d) == subject)
+    /// The principal of a session's subject as the settings say now: `None` when its token
+    /// has been removed (the session is over); its role and name follow the settings.
+    pub fn principal_of(&self, subject: &str) -> Option<Principal> {
+        self.tokens
+            .iter()
+            .find(|t| t.subject == subject)
+            .map(Known::principal)
+    }
+}
+
+impl Known {
+    fn principal(&self) -> Principal {
+        Principal {
+            subject: self.subject.clone(),
+            name: Some(self.name.clone()),
+            email: None,
+            mode: "token",
+            role: self.role,
+        }
     }
 }
 
@@ -159,11 +188,22 @@ mod tests {
 
     #[test]
     fn only_exact_tokens_pass() {
-        let auth = TokenAuth::new(&["acc-token-1".into(), "second-token".into()]);
-        assert_eq!(
-            auth.authenticate(Some("acc-token-1")).unwrap().mode,
-            "token"
-        );
+        let entry = |token: &str, role| ApiToken {
+            token: token.into(),
+            role,
+            name: format!("{token} holder"),
+        };
+        let auth = TokenAuth::new(&[
+            entry("acc-token-1", Role::Admin),
+            entry("second-token", Role::Viewer),
+        ]);
+        let first = auth.authenticate(Some("acc-token-1")).unwrap();
+        assert_eq!((first.mode, first.role), ("token", Role::Admin));
+        let second = auth.authenticate(Some("second-token")).unwrap();
+        assert_eq!(second.role, Role::Viewer);
+        assert_eq!(second.name.as_deref(), Some("second-token holder"));
+        assert_eq!(auth.principal_of(&second.subject), Some(second));
+        assert_eq!(auth.principal_of("token:000000000000"), None);
         assert_ne!(
             auth.authenticate(Some("acc-token-1")).unwrap().subject,
             auth.authenticate(Some("second-token")).unwrap().subject

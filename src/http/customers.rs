@@ -7,6 +7,7 @@ use super::params::{Params, path_id};
 use super::problem::ApiError;
 use super::{AppState, created, idempotency_key, ok, write};
 use crate::auth::Principal;
+use crate::auth::role::Role;
 use crate::domain::customer::{CustomerCode, CustomerPatch, NewCustomer, parse_email, parse_name};
 use crate::domain::phone::Phone;
 use crate::store::ops::WriteOp;
@@ -18,12 +19,12 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 pub fn routes(api: &mut Routes) {
-    api.add(__path_list, list)
-        .add(__path_create, create)
-        .add(__path_get, get)
-        .add(__path_update, update)
-        .add(__path_delete, delete)
-        .add(__path_orders, orders);
+    api.add_for(Role::Viewer, __path_list, list)
+        .add_for(Role::Staff, __path_create, create)
+        .add_for(Role::Viewer, __path_get, get)
+        .add_for(Role::Staff, __path_update, update)
+        .add_for(Role::Admin, __path_delete, delete)
+        .add_for(Role::Viewer, __path_orders, orders);
 }
 
 /// The body of `POST /api/v1/customers`, as `create` reads it field by field (unknown
@@ -121,7 +122,7 @@ async fn create(
         },
         idem,
     };
-    created("/api/v1/customers", write(&state, op).await?)
+    created("/api/v1/customers", write(&state, &principal, op).await?)
 }
 
 /// One customer.
@@ -148,6 +149,7 @@ async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpRe
     ))]
 async fn update(
     state: web::Data<AppState>,
+    principal: Principal,
     id: web::Path<String>,
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
@@ -160,7 +162,7 @@ async fn update(
         email: f.nullable("email", text(parse_email)),
     };
     f.finish()?;
-    super::reply(write(&state, WriteOp::UpdateCustomer { id, patch }).await?)
+    super::reply(write(&state, &principal, WriteOp::UpdateCustomer { id, patch }).await?)
 }
 
 /// Deletes a customer that has no orders.
@@ -172,10 +174,11 @@ async fn update(
     ))]
 async fn delete(
     state: web::Data<AppState>,
+    principal: Principal,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id, "customer")?;
-    super::reply(write(&state, WriteOp::DeleteCustomer { id }).await?)
+    super::reply(write(&state, &principal, WriteOp::DeleteCustomer { id }).await?)
 }
 
 /// A customer's orders, newest first.

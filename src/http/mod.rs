@@ -134,7 +134,7 @@ pub fn api_routes() -> ApiRoutes {
         );
     let mut auth_routes = Routes::new("/auth", &[]);
     auth::routes::routes(&mut auth_routes);
-    let mut api = Routes::new("/api/v1", API_ERRORS);
+    let mut api = Routes::with_roles("/api/v1", API_ERRORS);
     // Before the resources they would otherwise match as an `{id}`.
     reports::routes(&mut api);
     customers::routes(&mut api);
@@ -156,8 +156,16 @@ pub fn ok(body: impl Serialize) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(body))
 }
 
-pub async fn write(state: &AppState, op: WriteOp) -> Result<WriteReply, ApiError> {
-    Ok(state.repo.send(Write(op)).await??)
+/// Applies `op` for `principal` (the actor of the events it makes).
+pub async fn write(
+    state: &AppState,
+    principal: &Principal,
+    op: WriteOp,
+) -> Result<WriteReply, ApiError> {
+    Ok(state
+        .repo
+        .send(Write::new(op, crate::domain::event::Actor::from(principal)))
+        .await??)
 }
 
 /// 201 with `Location` for a created resource under `collection`.
@@ -274,7 +282,14 @@ pub async fn request_span(
     let latency = started.elapsed();
     crate::metrics::http_request(response.request().method(), &route, status, latency);
     let latency_ms = latency.as_secs_f64() * 1000.0;
-    span.in_scope(|| tracing::info!(%route, status, latency_ms, "request finished"));
+    // Who made the request (never the credential): the subject, once authenticated.
+    let subject = response
+        .request()
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.subject.clone());
+    let subject = subject.as_deref().unwrap_or("-");
+    span.in_scope(|| tracing::info!(%route, status, latency_ms, subject, "request finished"));
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(X_REQUEST_ID, value);
     }

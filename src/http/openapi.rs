@@ -4,6 +4,7 @@
 //! `#[utoipa::path]` together with the handler: the method and path that are served are the
 //! ones that are documented, so the document cannot drift from the routing.
 
+use crate::auth::role::Role;
 use actix_web::dev::HttpServiceFactory;
 use actix_web::http::Method;
 use actix_web::{FromRequest, Handler, HttpResponse, Responder, Route, web};
@@ -48,16 +49,22 @@ struct Entry {
     /// Relative to the group's scope.
     path: String,
     route: Route,
+    role: Option<Role>,
 }
 
 /// The documented routes of one scope: what it serves and how it is documented.
 pub struct Routes {
     prefix: &'static str,
     common: &'static [(u16, &'static str)],
+    /// Every operation of this scope names the role it needs (`add_for`).
+    with_roles: bool,
     entries: Vec<Entry>,
     paths: Paths,
     schemas: Vec<(String, RefOr<Schema>)>,
 }
+
+/// The extension of an operation in the OpenAPI document that names the role it needs.
+pub const ROLE_EXTENSION: &str = "x-duka-role";
 
 impl Routes {
     /// Routes mounted under `prefix` ("" for the root); `common` responses (status,
@@ -66,15 +73,57 @@ impl Routes {
         Self {
             prefix,
             common,
+            with_roles: false,
             entries: Vec::new(),
             paths: Paths::new(),
             schemas: Vec::new(),
         }
     }
 
+    /// Like `new`, for a scope whose every operation needs a role (`add_for`): a route
+    /// added without one would be a route nobody decided about, and is refused.
+    pub fn with_roles(prefix: &'static str, common: &'static [(u16, &'static str)]) -> Self {
+        Self {
+            with_roles: true,
+            ..Self::new(prefix, common)
+        }
+    }
+
     /// Serves `handler` at the methods and full path documented by `doc` (the `__path_x`
     /// struct that `#[utoipa::path]` generates beside handler `x`).
     pub fn add<P, F, Args>(&mut self, doc: P, handler: F) -> &mut Self
+    where
+        P: utoipa::Path + utoipa::__dev::SchemaReferences,
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        assert!(
+            !self.with_roles,
+            "{} needs a role: register it with add_for",
+            P::path()
+        );
+        self.push(doc, handler, None)
+    }
+
+    /// As `add`, for principals with at least `role`: others get 403 before the handler
+    /// runs. The document names the role (in the description and as `x-duka-role`).
+    pub fn add_for<P, F, Args>(&mut self, role: Role, doc: P, handler: F) -> &mut Self
+    where
+        P: utoipa::Path + utoipa::__dev::SchemaReferences,
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        assert!(
+            self.with_roles,
+            "{} is in a scope without principals: register it with add",
+            P::path()
+        );
+        self.push(doc, handler, Some(role))
+    }
+
+    fn push<P, F, Args>(&mut self, doc: P, handler: F, role: Option<Role>) -> &mut Self
     where
         P: utoipa::Path + utoipa::__dev::SchemaReferences,
         F: Handler<Args>,
@@ -90,17 +139,42 @@ impl Routes {
         let methods = P::methods();
         let mut operation = P::operation();
         self.add_common_responses(&mut operation);
+        if let Some(role) = role {
+            document_role(&mut operation, role);
+        }
         for method in &methods {
             let method = to_actix(method);
+            let route = web::route().method(method.clone()).to(handler.clone());
+            let route = match role {
+                Some(role) => route.wrap(actix_web::middleware::from_fn(move |req, next| {
+                    crate::auth::require_role(role, req, next)
+                })),
+                None => route,
+            };
             self.entries.push(Entry {
-                route: web::route().method(method.clone()).to(handler.clone()),
+                route,
                 method,
                 path: path.clone(),
+                role,
             });
         }
         self.paths.add_path_operation(full, methods, operation);
         P::schemas(&mut self.schemas);
         self
+    }
+
+    /// Every (method, full path, role needed) served, as registered.
+    pub fn roles(&self) -> Vec<(Method, String, Option<Role>)> {
+        self.entries
+            .iter()
+            .map(|e| {
+                (
+                    e.method.clone(),
+                    format!("{}{}", self.prefix, e.path),
+                    e.role,
+                )
+            })
+            .collect()
     }
 
     fn add_common_responses(&self, operation: &mut Operation) {
@@ -140,6 +214,32 @@ impl Routes {
             );
         }
     }
+}
+
+/// Says in the document which role an operation needs, and that others get 403.
+fn document_role(operation: &mut Operation, role: Role) {
+    let note = format!("Needs the `{role}` role (or a higher one).");
+    operation.description = Some(match operation.description.take() {
+        Some(text) if !text.is_empty() => format!("{text}\n\n{note}"),
+        _ => note,
+    });
+    operation
+        .extensions
+        .get_or_insert_with(Default::default)
+        .merge(
+            utoipa::openapi::extensions::ExtensionsBuilder::new()
+                .add(ROLE_EXTENSION, role.as_str())
+                .build(),
+        );
+    operation
+        .responses
+        .responses
+        .entry("403".to_string())
+        .or_insert_with(|| {
+            problem_response(&format!(
+                "The principal's role is below `{role}`: nothing was changed"
+            ))
+        });
 }
 
 fn to_actix(method: &HttpMethod) -> Method {

@@ -7,6 +7,7 @@ use super::params::{Params, path_id};
 use super::problem::ApiError;
 use super::{AppState, created, idempotency_key, ok, write};
 use crate::auth::Principal;
+use crate::auth::role::Role;
 use crate::domain::customer::{CustomerCode, bounded_text};
 use crate::domain::money::Currency;
 use crate::domain::notification::NotificationStatus;
@@ -15,7 +16,7 @@ use crate::domain::order::{
 };
 use crate::domain::time::DateBound;
 use crate::store::ops::WriteOp;
-use crate::store::reader::{GetOrder, ListNotifications, ListOrders};
+use crate::store::reader::{GetOrder, ListNotifications, ListOrders, OrderHistory};
 use crate::store::reads::{NotificationFilter, OrderFilter};
 use crate::store::views::{NotificationView, OrderView, Page};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -24,14 +25,15 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub fn routes(api: &mut Routes) {
-    api.add(__path_list, list)
-        .add(__path_create, create)
-        .add(__path_get, get)
-        .add(__path_update, update)
-        .add(__path_delete, delete)
-        .add(__path_notifications, notifications)
-        .add(__path_resend, resend)
-        .add(__path_all_notifications, all_notifications);
+    api.add_for(Role::Viewer, __path_list, list)
+        .add_for(Role::Staff, __path_create, create)
+        .add_for(Role::Viewer, __path_get, get)
+        .add_for(Role::Staff, __path_update, update)
+        .add_for(Role::Admin, __path_delete, delete)
+        .add_for(Role::Viewer, __path_history, history)
+        .add_for(Role::Viewer, __path_notifications, notifications)
+        .add_for(Role::Staff, __path_resend, resend)
+        .add_for(Role::Viewer, __path_all_notifications, all_notifications);
 }
 
 /// Money in: a JSON number or a decimal string, at most 2 decimals, over 0 and at most
@@ -225,7 +227,7 @@ async fn create(
     };
     created(
         "/api/v1/orders",
-        write(&state, WriteOp::CreateOrder { order, idem }).await?,
+        write(&state, &principal, WriteOp::CreateOrder { order, idem }).await?,
     )
 }
 
@@ -253,6 +255,7 @@ async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpRe
     ))]
 async fn update(
     state: web::Data<AppState>,
+    principal: Principal,
     id: web::Path<String>,
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
@@ -265,7 +268,7 @@ async fn update(
         status: f.optional("status", text(OrderStatus::parse)),
     };
     f.finish()?;
-    super::reply(write(&state, WriteOp::UpdateOrder { id, patch }).await?)
+    super::reply(write(&state, &principal, WriteOp::UpdateOrder { id, patch }).await?)
 }
 
 /// Deletes an order.
@@ -276,10 +279,45 @@ async fn update(
     ))]
 async fn delete(
     state: web::Data<AppState>,
+    principal: Principal,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id, "order")?;
-    super::reply(write(&state, WriteOp::DeleteOrder { id }).await?)
+    super::reply(write(&state, &principal, WriteOp::DeleteOrder { id }).await?)
+}
+
+/// Every retained event about an order (`order.*`, and `notification.updated` of its
+/// notifications), oldest first, in the live frame shape with who made each change. Kept
+/// `audit.retention_days`, and readable after the order is deleted.
+#[utoipa::path(get, path = "/api/v1/orders/{id}/history", tag = "orders", params(("id" = String, Path, description = "Order id (UUID)")),
+    responses(
+        (status = 200, description = "The order's events, oldest first", body = History),
+        (status = 404, description = "No event about this order is retained", body = Problem, content_type = PROBLEM_JSON),
+    ))]
+async fn history(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&id, "order")?;
+    let items = state.reader.send(OrderHistory { id }).await??;
+    if items.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no history of order {id} is retained"
+        )));
+    }
+    ok(History { items })
+}
+
+/// An order's history.
+#[derive(serde::Serialize, ToSchema)]
+#[schema(example = json!({"items": [{"type": "order.created", "seq": 41, "at": "2026-11-21T09:30:00.123Z",
+    "actor": {"type": "user", "subject": "auth0|42", "name": "Wanjiku"}, "data": {"id": "0193..."}},
+    {"type": "notification.updated", "seq": 42, "at": "2026-11-21T09:30:01.002Z",
+    "actor": {"type": "system", "name": "sms"}, "data": {"id": "0194...", "status": "sent"}}]}))]
+pub struct History {
+    /// Events in the live frame shape (`type`, `seq`, `at`, `actor`, `data`), oldest first.
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<crate::domain::event::Event>,
 }
 
 /// An order's SMS notifications, newest first.
@@ -315,10 +353,11 @@ async fn notifications(
     ))]
 async fn resend(
     state: web::Data<AppState>,
+    principal: Principal,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let order_id = path_id(&id, "order")?;
-    let reply = write(&state, WriteOp::QueueNotification { order_id }).await?;
+    let reply = write(&state, &principal, WriteOp::QueueNotification { order_id }).await?;
     super::reply_with(actix_web::http::StatusCode::ACCEPTED, reply)
 }
 

@@ -6,8 +6,11 @@ use super::openapi::{PROBLEM_JSON, Problem, Routes};
 use super::orders::order_filter;
 use super::params::Params;
 use super::problem::ApiError;
+use crate::auth::Principal;
+use crate::auth::role::Role;
 use crate::domain::FieldErrors;
 use crate::domain::customer::{CustomerCode, NewCustomer, parse_email, parse_name};
+use crate::domain::event::Actor;
 use crate::domain::notification::NotificationStatus;
 use crate::domain::order::OrderStatus;
 use crate::domain::phone::Phone;
@@ -30,10 +33,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub fn routes(api: &mut Routes) {
-    api.add(__path_export_orders, export_orders)
-        .add(__path_export_customers, export_customers)
-        .add(__path_import_customers, import_customers)
-        .add(__path_stats, stats);
+    api.add_for(Role::Viewer, __path_export_orders, export_orders)
+        .add_for(Role::Viewer, __path_export_customers, export_customers)
+        .add_for(Role::Staff, __path_import_customers, import_customers)
+        .add_for(Role::Viewer, __path_stats, stats);
 }
 
 // ---- exports ---------------------------------------------------------------------------
@@ -513,6 +516,7 @@ pub struct ImportQuery {
     ))]
 async fn import_customers(
     state: web::Data<AppState>,
+    principal: Principal,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -561,7 +565,10 @@ async fn import_customers(
     }
     state
         .repo
-        .send(Write(WriteOp::ImportCustomers { customers: rows }))
+        .send(Write::new(
+            WriteOp::ImportCustomers { customers: rows },
+            Actor::from(&principal),
+        ))
         .await??;
     Ok(HttpResponse::Created().json(ImportResult { created: n }))
 }

@@ -10,6 +10,7 @@ use super::AppState;
 use super::problem::ApiError;
 use crate::auth::failures::FailureLimiter;
 use crate::domain::FieldErrors;
+use crate::domain::event::Actor;
 use crate::store::StoreError;
 use crate::store::ops::{DeliveryOutcome, WriteOp};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -188,7 +189,8 @@ pub async fn africastalking_delivery(
         provider_message_id: id.to_string(),
         outcome,
     };
-    match state.repo.send(crate::store::repository::Write(op)).await? {
+    let write = crate::store::repository::Write::new(op, Actor::africastalking());
+    match state.repo.send(write).await? {
         Ok(_) => Ok(HttpResponse::Ok().finish()),
         Err(StoreError::NotFound(_)) => {
             tracing::info!(provider_message_id = %id, %status, "delivery report for an unknown message ignored");

@@ -392,6 +392,7 @@ mod tests {
             kind: EventType::OrderDeleted,
             seq: 7,
             at: Timestamp::from_millis(1_795_253_400_123),
+            actor: crate::domain::event::Actor::user("auth0|42", "Wanjiku"),
             data: serde_json::json!({"id": "x"}),
         };
         let frame = EventFrame::of(&event).unwrap();
@@ -399,7 +400,9 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"type": "order.deleted", "seq": 7,
-                "at": "2026-11-21T09:30:00.123Z", "data": {"id": "x"}})
+                "at": "2026-11-21T09:30:00.123Z",
+                "actor": {"type": "user", "subject": "auth0|42", "name": "Wanjiku"},
+                "data": {"id": "x"}})
         );
     }
 }

@@ -138,6 +138,7 @@ impl Live {
             session: SessionConfig {
                 ping_interval,
                 idle_timeout,
+                replay_window: retention(settings),
             },
             next_id: Arc::new(AtomicU64::new(1)),
             sockets: Arc::new(Sockets {
@@ -160,14 +161,14 @@ impl Live {
     }
 }
 
-/// How long events are kept.
+/// How far back `?since=` may resume (`live.retention_days`).
 pub fn retention(settings: &Settings) -> Duration {
     Duration::from_secs(u64::from(settings.live.retention_days) * 86_400)
 }
 
 /// Routes inside the authenticated `/api/v1` scope.
 pub fn routes(api: &mut crate::http::openapi::Routes) {
-    api.add(__path_upgrade, upgrade);
+    api.add_for(crate::auth::role::Role::Viewer, __path_upgrade, upgrade);
 }
 
 /// `GET /api/v1/ws`: checks the query, then upgrades to a WebSocket session.

@@ -10,6 +10,7 @@ use super::Slot;
 use super::filter::TypeFilter;
 use super::hub::{EventFrame, Hub, Link, Start, Subscribe, SubscribeReply, Unsubscribe};
 use crate::auth::{AuthFailure, Authenticator, Proof};
+use crate::domain::time::Timestamp;
 use crate::store::Reader;
 use crate::store::reader::EventsAfter;
 use actix::prelude::*;
@@ -24,6 +25,10 @@ const REPLAY_PAGE: u64 = 500;
 pub struct SessionConfig {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// `live.retention_days`: a resume that needs older events is told to resync (the log
+    /// keeps them longer, for the audit history, but a replay is not meant to reach back
+    /// that far).
+    pub replay_window: Duration,
 }
 
 /// A live frame from the hub.
@@ -183,10 +188,13 @@ impl WsSession {
                 // reading. That is the sign of life to go by while the replay holds the session
                 // (no pings go out and no pongs are read until it ends).
                 act.link.heard();
+                let window = i64::try_from(act.cfg.replay_window.as_millis()).unwrap_or(i64::MAX);
+                let oldest = Timestamp::now().plus_millis(-window);
                 let mut expected = after + 1;
                 for event in &events {
-                    if event.seq != expected {
-                        // Pruned under us: the log no longer holds what this client missed.
+                    if event.seq != expected || event.at < oldest {
+                        // Pruned under us, or older than the replay window: the client
+                        // reloads instead.
                         ctx.text(Self::control("resync", upto));
                         return;
                     }

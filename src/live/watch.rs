@@ -44,7 +44,7 @@ impl WatchOptions {
         };
         let token = token
             .or_else(|| std::env::var("DUKA_TOKEN").ok().filter(|t| !t.is_empty()))
-            .or_else(|| settings.auth.tokens.first().cloned())
+            .or_else(|| settings.auth.tokens.first().map(|t| t.token().to_string()))
             .or_else(|| {
                 std::fs::read_to_string(crate::auth::token::token_file(&settings.data_dir))
                     .ok()

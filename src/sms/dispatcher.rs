@@ -16,6 +16,7 @@
 
 use super::{SendError, SmsProvider};
 use crate::config::Sms;
+use crate::domain::event;
 use crate::domain::phone::mask;
 use crate::domain::time::Timestamp;
 use crate::store::batch::QueuedSms;
@@ -226,7 +227,7 @@ impl SmsDispatcher {
         };
         ctx.spawn(
             self.repo
-                .send(Write(claim))
+                .send(Write::new(claim, event::Actor::sms()))
                 .into_actor(self)
                 .map(move |claimed, act, ctx| act.claimed(take, claimed, ctx)),
         );
@@ -296,7 +297,7 @@ impl SmsDispatcher {
         let op = WriteOp::RecordSends(sent.iter().map(|s| s.record.clone()).collect());
         ctx.spawn(
             self.repo
-                .send(Write(op))
+                .send(Write::new(op, event::Actor::sms()))
                 .into_actor(self)
                 .map(move |recorded, act, ctx| act.recorded(sent, recorded, ctx)),
         );

@@ -14,7 +14,7 @@
 use super::entities::{event, idempotency_key};
 use super::error::StoreError;
 use super::ops::{self, OpError, WriteOp, WriteReply};
-use crate::domain::event::{Event, EventType};
+use crate::domain::event::{Actor, Event, EventType};
 use crate::domain::notification::{NotifyOn, Template};
 use crate::domain::time::Timestamp;
 use sea_orm::{
@@ -57,6 +57,8 @@ pub struct Outcome {
 /// An operation waiting for its batch, and who waits for its result.
 pub struct Pending {
     pub op: WriteOp,
+    /// Who asked for it: the actor of the events it makes.
+    pub actor: Actor,
     pub reply: oneshot::Sender<Result<WriteReply, StoreError>>,
 }
 
@@ -68,7 +70,10 @@ pub(super) const ROWS_PER_INSERT: usize = 500;
 
 /// Runs one batch in one transaction, answers every caller, and returns what was committed.
 pub async fn run(db: &DatabaseConnection, cfg: &WriteConfig, batch: Vec<Pending>) -> Outcome {
-    let (ops, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+    let (ops, replies): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|p| ((p.op, p.actor), p.reply))
+        .unzip();
     // The server's statement and lock timeouts do not help when the network goes silent:
     // bound the whole batch so the single writer never waits forever. A batch that timed
     // out may still have committed; callers retry safely with their Idempotency-Key.
@@ -98,10 +103,17 @@ pub async fn run(db: &DatabaseConnection, cfg: &WriteConfig, batch: Vec<Pending>
 
 type Results = Vec<Result<WriteReply, StoreError>>;
 
+/// An operation and who asked for it.
+pub(super) type Change = (WriteOp, Actor);
+
+fn is_create(change: &Change) -> bool {
+    change.0.is_create()
+}
+
 async fn execute(
     db: &DatabaseConnection,
     cfg: &WriteConfig,
-    ops: Vec<WriteOp>,
+    ops: Vec<Change>,
 ) -> Result<(Results, Outcome), StoreError> {
     let single = ops.len() == 1;
     let retry = if single { None } else { Some(ops.clone()) };
@@ -133,22 +145,24 @@ async fn begin(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, 
 async fn execute_whole(
     db: &DatabaseConnection,
     cfg: &WriteConfig,
-    ops: Vec<WriteOp>,
+    ops: Vec<Change>,
 ) -> Result<Whole, StoreError> {
     let txn = begin(db).await?;
     let last_seq = lock_event_counter(&txn).await?;
     let mut batch = Batch::new(cfg, last_seq + 1);
     let mut results: Results = Vec::with_capacity(ops.len());
     let mut ops = ops.into_iter().peekable();
-    while let Some(op) = ops.next() {
-        let applied = if op.is_create() {
-            let mut run = vec![op];
-            while let Some(next) = ops.next_if(WriteOp::is_create) {
+    while let Some(change) = ops.next() {
+        let applied = if is_create(&change) {
+            let mut run = vec![change];
+            while let Some(next) = ops.next_if(is_create) {
                 run.push(next);
             }
             ops::apply_creates(&txn, run, &mut batch).await
         } else {
             let mark = batch.mark();
+            let (op, actor) = change;
+            batch.actor = actor;
             match ops::apply_one(&txn, op, &mut batch).await {
                 Err(OpError::Refused(e)) => {
                     batch.reset(mark);
@@ -182,15 +196,16 @@ async fn execute_whole(
 async fn execute_isolated(
     db: &DatabaseConnection,
     cfg: &WriteConfig,
-    ops: Vec<WriteOp>,
+    ops: Vec<Change>,
 ) -> Result<(Results, Outcome), StoreError> {
     let txn = begin(db).await?;
     let last_seq = lock_event_counter(&txn).await?;
     let mut batch = Batch::new(cfg, last_seq + 1);
     let mut results = Vec::with_capacity(ops.len());
-    for op in ops {
+    for (op, actor) in ops {
         let savepoint = txn.begin().await?;
         let mark = batch.mark();
+        batch.actor = actor;
         match ops::apply_one(&savepoint, op, &mut batch).await {
             Ok(reply) => {
                 savepoint.commit().await?;
@@ -240,6 +255,8 @@ pub(super) struct SeenKey {
 /// The state of one batch: the next `seq`, and what it commits besides its rows.
 pub(crate) struct Batch<'a> {
     pub cfg: &'a WriteConfig,
+    /// Who made the operation being applied: the actor of the events it emits.
+    pub actor: Actor,
     first_seq: i64,
     next_seq: i64,
     events: Vec<Event>,
@@ -262,6 +279,7 @@ impl<'a> Batch<'a> {
     fn new(cfg: &'a WriteConfig, next_seq: i64) -> Self {
         Self {
             cfg,
+            actor: Actor::unknown(),
             first_seq: next_seq,
             next_seq,
             events: Vec::new(),
@@ -303,6 +321,7 @@ impl<'a> Batch<'a> {
             kind,
             seq: self.next_seq,
             at: Timestamp::now(),
+            actor: self.actor.clone(),
             data,
         });
         self.next_seq += 1;
@@ -341,11 +360,16 @@ impl<'a> Batch<'a> {
     async fn finish(self, txn: sea_orm::DatabaseTransaction) -> Result<Outcome, StoreError> {
         for chunk in self.events.chunks(ROWS_PER_INSERT) {
             let rows = chunk.iter().map(|e| {
+                let (actor_type, actor_subject, actor_name) = e.actor.columns();
                 event::Model {
                     seq: e.seq,
                     kind: e.kind.as_str().to_string(),
                     at: e.at.millis(),
                     data: e.data.to_string(),
+                    actor_type: Some(actor_type.to_string()),
+                    actor_subject: actor_subject.map(str::to_string),
+                    actor_name: Some(actor_name.to_string()),
+                    order_id: e.order_id().map(str::to_string),
                 }
                 .into_active_model()
             });

@@ -93,6 +93,12 @@ pub mod event {
         pub at: i64,
         /// The event's `data` as JSON text.
         pub data: String,
+        /// Who made the change (`domain::event::Actor`); NULL before actors were recorded.
+        pub actor_type: Option<String>,
+        pub actor_subject: Option<String>,
+        pub actor_name: Option<String>,
+        /// The order the event is about (`order.*`, `notification.updated`).
+        pub order_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -137,6 +143,10 @@ pub mod session {
         pub name: Option<String>,
         pub email: Option<String>,
         pub mode: String,
+        /// The issuer said the e-mail was verified (OIDC sign-ins).
+        pub email_verified: bool,
+        /// The highest role `auth.oidc.role_claim` named at sign-in.
+        pub claimed_role: Option<String>,
         pub created_at: i64,
         pub expires_at: i64,
     }

@@ -1,7 +1,8 @@
 //! Housekeeping, all in one pass (run at start and by the Repository's timer): expired
-//! browser sessions, idempotency keys past their 24 hours, and events older than the live
-//! replay window (never the newest one, so that the log never looks empty to a client that
-//! resumes).
+//! browser sessions, idempotency keys past their 24 hours, and events older than
+//! `audit.retention_days` (never the newest one, so that the log never looks empty to a
+//! client that resumes). The live replay window (`live.retention_days`) is shorter and is
+//! enforced by the live sessions, not by pruning: the history outlives it.
 
 use super::entities::{event, idempotency_key, session};
 use super::error::StoreError;

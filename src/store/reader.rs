@@ -97,6 +97,11 @@ query!(
     |db, m| reads::events_after(&db, m.after, m.upto, m.limit).await
 );
 query!(
+    /// Every retained event about an order, oldest first.
+    OrderHistory { id: Uuid } -> Vec<Event>,
+    |db, m| reads::order_history(&db, m.id).await
+);
+query!(
     /// Orders and SMS per day in the business time zone (see `reports::stats`).
     Stats { window: super::reports::StatsWindow } -> super::reports::StatsRows,
     |db, m| super::reports::stats(&db, &m.window).await

@@ -4,7 +4,7 @@ use super::batch::QueuedSms;
 use super::entities::{customer, event, notification, order};
 use super::error::StoreError;
 use super::views::{CustomerView, NotificationView, OrderView, Page};
-use crate::domain::event::{Event, EventType};
+use crate::domain::event::{Actor, Event, EventType};
 use crate::domain::notification::NotificationStatus;
 use crate::domain::order::OrderStatus;
 use crate::domain::time::Timestamp;
@@ -347,21 +347,39 @@ pub async fn events_after(
         .all(db)
         .await?
         .into_iter()
-        .map(|row| {
-            let kind = EventType::parse(&row.kind).ok_or_else(|| {
-                StoreError::Internal(format!("event {} has unknown kind {:?}", row.seq, row.kind))
-            })?;
-            let data = serde_json::from_str(&row.data).map_err(|e| {
-                StoreError::Internal(format!("event {} has malformed data: {e}", row.seq))
-            })?;
-            Ok(Event {
-                kind,
-                seq: row.seq,
-                at: Timestamp::from_millis(row.at),
-                data,
-            })
-        })
+        .map(event_of)
         .collect()
+}
+
+/// Every retained event about an order, oldest first (one range of `ix_events_order_id_seq`).
+pub async fn order_history(db: &impl ConnectionTrait, id: Uuid) -> Result<Vec<Event>, StoreError> {
+    event::Entity::find()
+        .filter(event::Column::OrderId.eq(id.to_string()))
+        .order_by_asc(event::Column::Seq)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(event_of)
+        .collect()
+}
+
+fn event_of(row: event::Model) -> Result<Event, StoreError> {
+    let kind = EventType::parse(&row.kind).ok_or_else(|| {
+        StoreError::Internal(format!("event {} has unknown kind {:?}", row.seq, row.kind))
+    })?;
+    let data = serde_json::from_str(&row.data)
+        .map_err(|e| StoreError::Internal(format!("event {} has malformed data: {e}", row.seq)))?;
+    Ok(Event {
+        kind,
+        seq: row.seq,
+        at: Timestamp::from_millis(row.at),
+        actor: Actor::from_columns(
+            row.actor_type.as_deref(),
+            row.actor_subject.as_deref(),
+            row.actor_name.as_deref(),
+        ),
+        data,
+    })
 }
 
 #[cfg(test)]

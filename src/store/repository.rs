@@ -7,13 +7,13 @@
 //! they run on the `Reader` actors, one per HTTP worker (see `reader`).
 //!
 //! It also owns the housekeeping timer: expired sessions and idempotency keys, and events
-//! past the live replay window, are removed by one maintenance pass.
+//! past the audit retention, are removed by one maintenance pass.
 
 use super::batch::{self, Pending, QueuedSms, WriteConfig};
 use super::error::StoreError;
 use super::maintenance;
 use super::ops::{WriteOp, WriteReply};
-use crate::domain::event::{Event, EventType};
+use crate::domain::event::{self, Event, EventType};
 use actix::prelude::*;
 use sea_orm::DatabaseConnection;
 use std::collections::VecDeque;
@@ -46,7 +46,7 @@ pub struct SmsQueued(pub Vec<QueuedSms>);
 pub struct Repository {
     db: DatabaseConnection,
     cfg: Arc<WriteConfig>,
-    /// Events older than this are pruned (the live replay window).
+    /// Events older than this are pruned (`audit.retention_days`).
     event_retention: Duration,
     pending: VecDeque<Pending>,
     writing: bool,
@@ -170,10 +170,19 @@ impl Handler<ListenSms> for Repository {
     }
 }
 
-/// A change, applied in the next batch.
+/// A change, applied in the next batch, and who asked for it (the actor of its events).
 #[derive(Message)]
 #[rtype(result = "Result<WriteReply, StoreError>")]
-pub struct Write(pub WriteOp);
+pub struct Write {
+    pub op: WriteOp,
+    pub actor: event::Actor,
+}
+
+impl Write {
+    pub fn new(op: WriteOp, actor: event::Actor) -> Self {
+        Self { op, actor }
+    }
+}
 
 impl Handler<Write> for Repository {
     type Result = ResponseFuture<Result<WriteReply, StoreError>>;
@@ -187,7 +196,11 @@ impl Handler<Write> for Repository {
             });
         }
         let (reply, answer) = oneshot::channel();
-        self.pending.push_back(Pending { op: msg.0, reply });
+        self.pending.push_back(Pending {
+            op: msg.op,
+            actor: msg.actor,
+            reply,
+        });
         self.flush(ctx);
         Box::pin(async move {
             answer

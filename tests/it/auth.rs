@@ -111,7 +111,7 @@ async fn bearer_tokens_are_verified_and_every_failure_gets_the_same_answer() {
         .unwrap();
     assert_eq!(
         me,
-        json!({"subject": "alice", "name": "Test alice", "email": "alice@example.com", "mode": "oidc"})
+        json!({"subject": "alice", "name": "Test alice", "email": "alice@example.com", "mode": "oidc", "role": "viewer"})
     );
     // The WebSocket path takes the token from the query (it passes auth, then finds no
     // such route in this build if live events are not merged yet: anything but 401).
@@ -294,7 +294,11 @@ async fn rotated_keys_are_fetched_and_unknown_keys_do_not_hammer_the_issuer() {
 #[tokio::test]
 async fn browser_sign_in_makes_a_session_that_survives_a_restart_until_logout() {
     let provider = Provider::start().await;
-    let mut app = spawn_oidc_app(&provider, |_| {}).await;
+    // Wanjiku may take orders: listed as staff (any case), her e-mail verified.
+    let mut app = spawn_oidc_app(&provider, |s| {
+        s.auth.oidc.staff = vec!["Wanjiku@Example.com".into()];
+    })
+    .await;
     let browser = Browser::new();
 
     let r = browser
@@ -324,7 +328,7 @@ async fn browser_sign_in_makes_a_session_that_survives_a_restart_until_logout() 
         .unwrap();
     assert_eq!(
         me,
-        json!({"subject": "wanjiku", "name": "Test wanjiku", "email": "wanjiku@example.com", "mode": "oidc"})
+        json!({"subject": "wanjiku", "name": "Test wanjiku", "email": "wanjiku@example.com", "mode": "oidc", "role": "staff"})
     );
     assert_eq!(
         with_cookie(&app, Method::GET, "/api/v1/customers", &cookie)
@@ -761,11 +765,161 @@ async fn a_session_ends_when_its_token_is_removed_from_the_settings() {
     app.settings
         .auth
         .tokens
-        .retain(|t| t != "second-token-0002");
+        .retain(|t| t.token() != "second-token-0002");
     app.restart(true).await;
     assert_refused(
         with_cookie(&app, Method::GET, "/auth/me", &cookie).await,
         "session",
     )
     .await;
+}
+
+async fn role_with_bearer(app: &TestApp, token: &str) -> Value {
+    let me: Value = with_bearer(app, "/auth/me", token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    me["role"].clone()
+}
+
+#[tokio::test]
+async fn oidc_roles_come_from_the_default_the_email_lists_and_the_role_claim() {
+    let provider = Provider::start().await;
+    let app = spawn_oidc_app(&provider, |s| {
+        s.auth.oidc.staff = vec!["Front@Example.com".into()];
+        s.auth.oidc.admins = vec!["boss@example.com".into()];
+        s.auth.oidc.role_claim = "roles".into();
+    })
+    .await;
+    let with = |sub: &str, extra: Value| {
+        let mut claims = provider.claims(sub);
+        crate::support::merge(&mut claims, extra);
+        claims
+    };
+    let cases = [
+        // Nobody listed, no claim: the default role.
+        (with("anyone", json!({})), "viewer"),
+        // The e-mail lists, in any case, only for verified addresses.
+        (with("front", json!({})), "staff"),
+        (
+            with("FRONT", json!({"email": "FRONT@example.COM"})),
+            "staff",
+        ),
+        (with("front", json!({"email_verified": false})), "viewer"),
+        (with("front", json!({"email_verified": "true"})), "staff"),
+        (with("boss", json!({})), "admin"),
+        (with("boss", json!({"email_verified": false})), "viewer"),
+        // The role claim, as a string or an array: the highest named role wins, unknown
+        // names count for nothing.
+        (with("anyone", json!({"roles": "staff"})), "staff"),
+        (
+            with("anyone", json!({"roles": ["viewer", "admin"]})),
+            "admin",
+        ),
+        (
+            with("anyone", json!({"roles": ["Admin", "owner", 3]})),
+            "viewer",
+        ),
+        (with("front", json!({"roles": "viewer"})), "staff"),
+        (with("boss", json!({"roles": ["staff"]})), "admin"),
+    ];
+    for (claims, role) in cases {
+        let token = provider.mint(&claims, "current").await;
+        assert_eq!(role_with_bearer(&app, &token).await, role, "{claims}");
+    }
+
+    // The role decides: a viewer reads, and is refused a change (nothing is created).
+    let viewer = provider.mint(&with("anyone", json!({})), "current").await;
+    let staff = provider.mint(&with("front", json!({})), "current").await;
+    let post = |token: String| {
+        let app = &app;
+        async move {
+            app.client
+                .post(format!("{}/api/v1/customers", app.url))
+                .bearer_auth(token)
+                .json(&json!({"name": "Wanjiru", "phone": unique_phone()}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let body = assert_problem(post(viewer.clone()).await, 403, &[]).await;
+    assert!(body["detail"].as_str().unwrap().contains("staff"), "{body}");
+    assert_eq!(post(staff).await.status(), 201);
+    let list: Value = with_bearer(&app, "/api/v1/customers", &viewer)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn oidc_default_role_is_a_setting() {
+    let provider = Provider::start().await;
+    let app = spawn_oidc_app(&provider, |s| {
+        s.auth.oidc.default_role = duka::auth::role::Role::Staff;
+    })
+    .await;
+    let token = provider.mint(&provider.claims("anyone"), "current").await;
+    assert_eq!(role_with_bearer(&app, &token).await, "staff");
+}
+
+#[tokio::test]
+async fn a_browser_sessions_role_follows_the_settings_and_the_claim_it_signed_in_with() {
+    let provider = Provider::start().await;
+    let mut app = spawn_oidc_app(&provider, |s| {
+        s.auth.oidc.admins = vec!["ann@example.com".into()];
+        s.auth.oidc.role_claim = "roles".into();
+    })
+    .await;
+    let sign_in = |login: &'static str| {
+        let app = &app;
+        async move {
+            let browser = Browser::new();
+            let r = browser.sign_in(app, login, "/").await;
+            assert_eq!(r.status(), 303, "{login}");
+            let cookie = browser.cookie(app, "duka_session").unwrap();
+            let me: Value = with_cookie(app, Method::GET, "/auth/me", &cookie)
+                .await
+                .json()
+                .await
+                .unwrap();
+            (cookie, me["role"].clone())
+        }
+    };
+    let (ann, role) = sign_in("ann").await;
+    assert_eq!(role, "admin");
+    // An unverified address is not trusted for the lists.
+    let (_, role) = sign_in("ann~unverified").await;
+    assert_eq!(role, "viewer");
+    // The role claim of the ID token, as an array and as a string.
+    let (claimed, role) = sign_in("cara~roles=viewer,staff").await;
+    assert_eq!(role, "staff");
+    let (_, role) = sign_in("dan~role=admin").await;
+    assert_eq!(role, "admin");
+
+    // Ann is taken off the admins list: her session is a viewer's from the next request
+    // on; the claim a session signed in with still counts.
+    app.settings.auth.oidc.admins.clear();
+    app.restart(true).await;
+    let me: Value = with_cookie(&app, Method::GET, "/auth/me", &ann)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "viewer");
+    assert_eq!(
+        with_cookie(&app, Method::POST, "/api/v1/customers", &ann)
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        with_cookie(&app, Method::POST, "/api/v1/customers", &claimed)
+            .await
+            .status(),
+        201
+    );
 }

@@ -94,8 +94,8 @@ async fn hello_then_one_frame_per_change_with_the_contract_shape() {
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(keys.len(), 4, "{frame}");
-        for key in ["type", "seq", "at", "data"] {
+        assert_eq!(keys.len(), 5, "{frame}");
+        for key in ["type", "seq", "at", "actor", "data"] {
             assert!(keys.contains(&key), "{frame}");
         }
         assert!(
@@ -273,40 +273,58 @@ async fn resync_when_since_is_not_in_the_log() {
 }
 
 #[tokio::test]
-async fn old_events_are_pruned_but_the_newest_and_the_counter_stay() {
+async fn resumes_reach_back_to_the_replay_window_and_pruning_keeps_the_history() {
     let mut app = spawn_app_with(|s| s.sms.enabled = false).await;
     let customer = app.create_customer(json!({})).await;
     for _ in 0..3 {
         app.create_order(&id(&customer), json!({})).await;
     }
-    // Everything is eight days old (retention is seven).
-    let old = chrono::Utc::now().timestamp_millis() - 8 * 86_400_000;
-    exec(&app, &format!("UPDATE events SET at = {old}")).await;
+    // Eight days old: past the replay window (seven) but well inside the audit retention.
+    let day = 86_400_000;
+    let now = chrono::Utc::now().timestamp_millis();
+    exec(&app, &format!("UPDATE events SET at = {}", now - 8 * day)).await;
     app.restart(true).await;
-
-    let db = app.db.connect().await;
-    let backend = db.get_database_backend();
-    let row = db
-        .query_one_raw(Statement::from_string(
-            backend,
-            "SELECT COUNT(*) AS n, MAX(seq) AS m FROM events",
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(row.try_get::<i64>("", "n").unwrap(), 1);
-    assert_eq!(row.try_get::<i64>("", "m").unwrap(), 4);
-
+    let counts = |db: sea_orm::DatabaseConnection| async move {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT COUNT(*) AS n, MAX(seq) AS m FROM events",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        (
+            row.try_get::<i64>("", "n").unwrap(),
+            row.try_get::<i64>("", "m").unwrap(),
+        )
+    };
+    assert_eq!(
+        counts(app.db.connect().await).await,
+        (4, 4),
+        "nothing pruned"
+    );
     let mut ws = connect(&app, "?since=1").await;
     assert_eq!(hello(&mut ws).await, 4);
     assert_eq!(
         next_json(&mut ws).await,
         json!({ "type": "resync", "seq": 4 })
     );
-    // Nothing more to replay from the newest one on.
-    let mut ws = connect(&app, "?since=3").await;
+
+    // Past the audit retention (365 days): pruned, but never the newest event.
+    exec(&app, &format!("UPDATE events SET at = {}", now - 366 * day)).await;
+    app.restart(true).await;
+    assert_eq!(counts(app.db.connect().await).await, (1, 4));
+    let mut ws = connect(&app, "?since=1").await;
     assert_eq!(hello(&mut ws).await, 4);
-    assert_eq!(seqs(&next_n(&mut ws, 1).await), [4]);
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({ "type": "resync", "seq": 4 })
+    );
+    // A resume from the newest event on has nothing to replay, and goes live.
+    let mut ws = connect(&app, "?since=4").await;
+    assert_eq!(hello(&mut ws).await, 4);
+    app.create_order(&id(&customer), json!({})).await;
+    assert_eq!(seqs(&next_n(&mut ws, 1).await), [5]);
 }
 
 /// Captures the server's log lines (the servers run in this process).

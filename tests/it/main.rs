@@ -11,12 +11,14 @@ mod oidc;
 mod support;
 
 mod api;
+mod audit;
 mod auth;
 mod cli;
 mod dashboard;
 mod live;
 mod ops;
 mod reports;
+mod roles;
 mod security;
 mod sms;
 mod writes;

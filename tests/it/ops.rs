@@ -710,6 +710,12 @@ fn sigint_exits_0_and_logs_are_json_without_credentials_or_query_strings() {
     assert_eq!(entry["fields"]["route"], "/api/v1/customers", "{entry}");
     assert_eq!(entry["fields"]["status"], 200, "{entry}");
     assert!(entry["fields"]["latency_ms"].is_number(), "{entry}");
+    // The principal's subject, never its credential.
+    let subject = entry["fields"]["subject"].as_str().unwrap_or_default();
+    assert!(
+        subject.starts_with("token:") && subject.len() > 8,
+        "{entry}"
+    );
     assert!(!line.contains(secret) && !line.contains(TOKEN), "{line}");
 
     duka.signal("INT");

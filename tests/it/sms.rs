@@ -11,10 +11,13 @@ use sea_orm::{ActiveModelTrait, ConnectionTrait, IntoActiveModel, Statement};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-const SECRET: &str = "webhook-s3cret";
+pub(crate) const SECRET: &str = "webhook-s3cret";
 
 /// duka sending through `fake`, limits out of the way and retries fast (tests narrow them).
-async fn at_app(fake: &FakeAt, configure: impl FnOnce(&mut duka::config::Settings)) -> TestApp {
+pub(crate) async fn at_app(
+    fake: &FakeAt,
+    configure: impl FnOnce(&mut duka::config::Settings),
+) -> TestApp {
     let url = fake.url.clone();
     spawn_app_with(move |s| {
         s.sms.provider = SmsProviderKind::Africastalking;
@@ -50,7 +53,7 @@ async fn notifications_of(app: &TestApp, order_id: &str) -> Vec<Value> {
 }
 
 /// Polls an order's notifications (newest first) until `done` holds.
-async fn wait_notifications(
+pub(crate) async fn wait_notifications(
     app: &TestApp,
     order_id: &str,
     done: impl Fn(&[Value]) -> bool,
@@ -69,7 +72,7 @@ async fn wait_notifications(
     }
 }
 
-fn all_have_status(list: &[Value], status: &str) -> bool {
+pub(crate) fn all_have_status(list: &[Value], status: &str) -> bool {
     !list.is_empty() && list.iter().all(|n| n["status"] == status)
 }
 
@@ -486,7 +489,11 @@ async fn a_slow_provider_holds_no_order_and_a_graceful_stop_finishes_the_send_in
     assert_eq!(fake.requests_to(&phone).len(), 2);
 }
 
-async fn report(app: &TestApp, secret: Option<&str>, form: &[(&str, &str)]) -> reqwest::Response {
+pub(crate) async fn report(
+    app: &TestApp,
+    secret: Option<&str>,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
     let mut url = format!("{}/api/v1/webhooks/africastalking/delivery", app.url);
     if let Some(secret) = secret {
         url.push_str(&format!("?secret={secret}"));
@@ -494,7 +501,7 @@ async fn report(app: &TestApp, secret: Option<&str>, form: &[(&str, &str)]) -> r
     app.client.post(url).form(form).send().await.unwrap()
 }
 
-fn delivery<'a>(id: &'a str, status: &'a str) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn delivery<'a>(id: &'a str, status: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("id", id),
         ("status", status),

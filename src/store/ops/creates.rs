@@ -4,9 +4,9 @@
 
 use super::{OpError, OpResult, WriteOp, WriteReply};
 use crate::domain::customer::NewCustomer;
-use crate::domain::event::EventType;
+use crate::domain::event::{Actor, EventType};
 use crate::domain::order::NewOrder;
-use crate::store::batch::{Batch, QueuedSms, SeenKey};
+use crate::store::batch::{Batch, Change, QueuedSms, SeenKey};
 use crate::store::entities::{customer, notification, order};
 use crate::store::error::StoreError;
 use crate::store::idempotency::{self, Decision};
@@ -48,6 +48,8 @@ pub(super) enum State {
 
 pub(super) struct Item {
     pub kind: Kind,
+    /// Who asked for it.
+    pub actor: Actor,
     pub idem: Option<IdemKey>,
     pub state: State,
 }
@@ -57,10 +59,10 @@ pub(crate) struct CreateRun {
 }
 
 impl CreateRun {
-    pub(super) fn new(ops: Vec<WriteOp>) -> Self {
+    pub(super) fn new(ops: Vec<Change>) -> Self {
         let items = ops
             .into_iter()
-            .map(|op| {
+            .map(|(op, actor)| {
                 let (kind, idem) = match op {
                     WriteOp::CreateCustomer { customer, idem } => (Kind::Customer(customer), idem),
                     WriteOp::CreateOrder { order, idem } => (Kind::Order(order), idem),
@@ -68,6 +70,7 @@ impl CreateRun {
                 };
                 Item {
                     kind,
+                    actor,
                     idem,
                     state: State::Pending,
                 }
@@ -116,6 +119,7 @@ impl CreateRun {
     pub(super) fn finish(self, batch: &mut Batch<'_>) -> Vec<OpResult> {
         let mut results: Vec<OpResult> = Vec::with_capacity(self.items.len());
         for item in self.items {
+            batch.actor = item.actor;
             let ran = matches!(
                 item.state,
                 State::NewCustomer { .. } | State::NewOrder { .. } | State::Refused(_)

@@ -9,7 +9,7 @@ pub mod notifications;
 pub mod orders;
 pub mod sessions;
 
-use super::batch::Batch;
+use super::batch::{Batch, Change};
 use super::entities::session;
 use super::error::StoreError;
 use super::views::{CustomerView, NotificationView, OrderView};
@@ -190,7 +190,8 @@ pub(super) async fn apply_one(
 ) -> OpResult {
     match op {
         WriteOp::CreateCustomer { .. } | WriteOp::CreateOrder { .. } => {
-            let mut results = apply_creates(txn, vec![op], batch).await?;
+            let actor = batch.actor.clone();
+            let mut results = apply_creates(txn, vec![(op, actor)], batch).await?;
             results.pop().unwrap_or_else(|| {
                 Err(OpError::Failed(StoreError::Internal(
                     "a create gave no result".into(),
@@ -224,7 +225,7 @@ pub(super) async fn apply_one(
 /// failed and the whole run (and batch) must be run again in isolation.
 pub(super) async fn apply_creates(
     txn: &impl ConnectionTrait,
-    ops: Vec<WriteOp>,
+    ops: Vec<Change>,
     batch: &mut Batch<'_>,
 ) -> Result<Vec<OpResult>, OpError> {
     let mut run = creates::CreateRun::new(ops);

@@ -42,12 +42,21 @@ const server = http.createServer();
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
 const issuer = `http://127.0.0.1:${server.address().port}`;
 
+// A login names the account and, after `~`, what its tokens say besides: `unverified`
+// (email_verified: false), `roles=a,b` (a `roles` array claim), `role=a` (the same claim
+// as a string). E.g. `ann~unverified~roles=admin`.
 function accountFor(id) {
-  const email = id.includes('@') ? id : `${id}@example.com`;
+  const [base, ...flags] = id.split('~');
+  const email = base.includes('@') ? base : `${base}@example.com`;
+  const claims = { sub: id, email, email_verified: !flags.includes('unverified'), name: `Test ${base}` };
+  for (const flag of flags) {
+    if (flag.startsWith('roles=')) claims.roles = flag.slice('roles='.length).split(',');
+    if (flag.startsWith('role=')) claims.roles = flag.slice('role='.length);
+  }
   return {
     accountId: id,
     async claims() {
-      return { sub: id, email, email_verified: true, name: `Test ${id}` };
+      return claims;
     },
   };
 }
@@ -66,7 +75,7 @@ const provider = new Provider(issuer, {
   pkce: { required: () => true },
   jwks: { keys: [idTokenKey.jwk] },
   cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
-  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
+  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'roles'] },
   // Put the scope's claims into the ID token, which is what duka reads.
   conformIdTokenClaims: false,
   findAccount: async (ctx, id) => accountFor(id),
