@@ -286,6 +286,9 @@ pub struct Live {
     /// Recent events kept in memory so that most resumes need no database query.
     pub recent_events: usize,
     pub ping_interval_secs: u64,
+    /// `/readyz` answers 503 while the live feed is behind the database's event log for
+    /// longer than this.
+    pub max_lag_secs: u64,
     pub idle_timeout_secs: u64,
     /// Open WebSockets in all (on this instance); beyond it the upgrade gets 429.
     pub max_connections: usize,
@@ -460,6 +463,7 @@ impl Default for Live {
             max_buffered_frames: 4096,
             recent_events: 1024,
             ping_interval_secs: 15,
+            max_lag_secs: 10,
             idle_timeout_secs: 45,
             max_connections: 10_000,
             max_connections_per_principal: 200,
@@ -935,6 +939,9 @@ impl Settings {
         }
         if self.live.max_buffered_frames == 0 {
             return Err(key_error("live.max_buffered_frames", "must be at least 1"));
+        }
+        if self.live.max_lag_secs == 0 {
+            return Err(key_error("live.max_lag_secs", "must be at least 1"));
         }
         if self.live.ping_interval_secs == 0 {
             return Err(key_error("live.ping_interval_secs", "must be at least 1"));

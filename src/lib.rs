@@ -87,7 +87,7 @@ impl DukaHandle {
     /// sent before this returns; the future only waits for the stop.
     pub fn stop(&self, graceful: bool) -> impl std::future::Future<Output = ()> + use<> {
         if graceful {
-            self.hub.do_send(live::hub::Shutdown);
+            self.hub.do_send(live::messages::Shutdown);
         }
         self.server.stop(graceful)
     }
@@ -217,7 +217,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     let repo = Repository::new(db.clone(), write_config(&settings), retention).start_alone();
     // First listener, before anything can write: the hub must see every commit after
     // `latest_seq`.
-    let live = live::Live::start(&settings, &repo, latest_seq);
+    let live = live::Live::start(&settings, &repo, db.clone(), latest_seq);
     // For the readers outside the HTTP workers (sessions, the SMS dispatcher's sweeps);
     // every worker starts its own for its requests.
     let reader = Reader::new(db.clone()).start();

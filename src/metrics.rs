@@ -15,6 +15,9 @@ pub const EVENTS_PUBLISHED: &str = "duka_events_published_total";
 pub const SMS: &str = "duka_sms_total";
 pub const SMS_QUEUE_DEPTH: &str = "duka_sms_queue_depth";
 pub const WS_CONNECTIONS: &str = "duka_websocket_connections";
+pub const LIVE_FEED_LAG: &str = "duka_live_feed_lag_seconds";
+pub const LIVE_HOLES_FILLED: &str = "duka_live_holes_filled_total";
+pub const LIVE_LISTENER_RECONNECTS: &str = "duka_live_listener_reconnects_total";
 
 /// Latency buckets in seconds: from a cached read to a request stuck behind a lock timeout.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -72,10 +75,26 @@ fn describe() {
     describe_counter!(SMS, "SMS notifications by resulting status");
     describe_gauge!(SMS_QUEUE_DEPTH, "SMS notifications waiting to be sent");
     describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections");
+    describe_gauge!(
+        LIVE_FEED_LAG,
+        Unit::Seconds,
+        "How long this instance's live feed has been behind the database's event log"
+    );
+    describe_counter!(
+        LIVE_HOLES_FILLED,
+        "Events the live feed read from the log (committed by another instance, or missed)"
+    );
+    describe_counter!(
+        LIVE_LISTENER_RECONNECTS,
+        "Times the live feed's LISTEN connection was lost and made again"
+    );
     // Series without labels are shown from the start (at 0), not from their first change.
     counter!(ORDERS_CREATED).increment(0);
     gauge!(SMS_QUEUE_DEPTH).increment(0.0);
     gauge!(WS_CONNECTIONS).increment(0.0);
+    gauge!(LIVE_FEED_LAG).increment(0.0);
+    counter!(LIVE_HOLES_FILLED).increment(0);
+    counter!(LIVE_LISTENER_RECONNECTS).increment(0);
 }
 
 /// Prometheus text exposition of every metric.
@@ -156,4 +175,16 @@ pub fn websocket_opened() {
 
 pub fn websocket_closed() {
     gauge!(WS_CONNECTIONS).decrement(1.0);
+}
+
+pub fn live_feed_lag(lag: Duration) {
+    gauge!(LIVE_FEED_LAG).set(lag.as_secs_f64());
+}
+
+pub fn live_holes_filled(n: u64) {
+    counter!(LIVE_HOLES_FILLED).increment(n);
+}
+
+pub fn live_listener_reconnected() {
+    counter!(LIVE_LISTENER_RECONNECTS).increment(1);
 }

@@ -49,16 +49,25 @@ pub async fn healthz() -> HttpResponse {
     security(()),
     responses(
         (status = 200, description = "The database answers", body = Readiness),
-        (status = 503, description = "The database does not answer in time", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database does not answer in time, or the live feed lags it by more than `live.max_lag_secs`", body = super::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn readyz(
+    state: web::Data<AppState>,
+    live: web::Data<crate::live::Live>,
+) -> Result<HttpResponse, ApiError> {
     state
         .reader
         .send(Ping {
             timeout: READY_TIMEOUT,
         })
         .await??;
+    if let Some(lag) = live.lagging() {
+        return Err(ApiError::Unavailable(format!(
+            "the live feed is {:.1} s behind the database's event log",
+            lag.as_secs_f64()
+        )));
+    }
     Ok(HttpResponse::Ok().json(Readiness {
         status: "ready".into(),
         database: "ok".into(),

@@ -4,10 +4,15 @@
 //! actix-web-actors (deprecated upstream, chosen for actor-per-socket) is used only in
 //! this module, so that a move to `actix-ws` touches nothing else.
 
+pub mod feed;
 pub mod filter;
 pub mod hub;
+pub mod messages;
 pub mod session;
+pub mod stall;
 pub mod watch;
+
+pub use stall::on_connect;
 
 use crate::auth::{Authenticator, Principal, Proof};
 use crate::config::Settings;
@@ -16,13 +21,14 @@ use crate::http::problem::ApiError;
 use crate::store::Repository;
 use crate::store::repository::ListenEvents;
 use actix::{Actor, Addr};
-use actix_web::dev::Extensions;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use actix_web_actors::ws;
 use filter::TypeFilter;
-use hub::{Hub, HubConfig, Link, SubscriberCount};
+use hub::{Hub, HubConfig};
+use messages::SubscriberCount;
+use sea_orm::DatabaseConnection;
 use session::{SessionConfig, WsSession};
-use std::any::Any;
+use stall::{ConnHandle, Link};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +40,8 @@ pub struct LiveStats {
     subscribers: AtomicUsize,
     events_published: AtomicU64,
     slow_closed: AtomicU64,
+    /// How long the hub has been behind the deployment's log, in ms (0: caught up).
+    lag_ms: AtomicU64,
 }
 
 impl LiveStats {
@@ -50,6 +58,11 @@ impl LiveStats {
     pub fn slow_closed(&self) -> u64 {
         self.slow_closed.load(Ordering::Relaxed)
     }
+
+    /// How long this instance's live feed has been behind the database's event log.
+    pub fn lag(&self) -> Duration {
+        Duration::from_millis(self.lag_ms.load(Ordering::Relaxed))
+    }
 }
 
 /// The running live service, as the rest of the app sees it.
@@ -60,6 +73,8 @@ pub struct Live {
     session: SessionConfig,
     next_id: Arc<AtomicU64>,
     sockets: Arc<Sockets>,
+    /// `live.max_lag_secs`.
+    max_lag: Duration,
 }
 
 /// Open sockets, in all and per principal, against `live.max_connections*`.
@@ -114,10 +129,15 @@ impl Drop for Slot {
 }
 
 impl Live {
-    /// Starts the hub (on an arbiter of its own) and registers it for committed events.
-    /// Call it before anything else can write, with `latest` read from the database, so
-    /// that no commit falls between.
-    pub fn start(settings: &Settings, repo: &Addr<Repository>, latest: i64) -> Self {
+    /// Starts the hub and its feed (on an arbiter of their own) and registers the hub for
+    /// this instance's commits. `latest` is the last seq of the log when it starts: the hub
+    /// publishes what follows, whoever commits it.
+    pub fn start(
+        settings: &Settings,
+        repo: &Addr<Repository>,
+        db: DatabaseConnection,
+        latest: i64,
+    ) -> Self {
         let live = &settings.live;
         let ping_interval = Duration::from_secs(live.ping_interval_secs);
         let idle_timeout = Duration::from_secs(live.idle_timeout_secs);
@@ -129,8 +149,13 @@ impl Live {
             idle_timeout,
             retention: retention(settings),
         };
-        let hub = Hub::new(cfg, latest, stats.clone());
-        let hub = Hub::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| hub);
+        let hub = Hub::new(cfg, db.clone(), latest, stats.clone());
+        let listen_url = matches!(db.get_database_backend(), sea_orm::DbBackend::Postgres)
+            .then(|| settings.database.url.clone());
+        let hub = Hub::start_in_arbiter(&actix::Arbiter::new().handle(), move |ctx| {
+            feed::start(actix::AsyncContext::address(ctx), db, listen_url);
+            hub
+        });
         repo.do_send(ListenEvents(hub.clone().recipient()));
         Self {
             hub,
@@ -141,6 +166,7 @@ impl Live {
                 replay_window: retention(settings),
             },
             next_id: Arc::new(AtomicU64::new(1)),
+            max_lag: Duration::from_secs(live.max_lag_secs),
             sockets: Arc::new(Sockets {
                 max_total: live.max_connections,
                 max_per_principal: live.max_connections_per_principal,
@@ -152,7 +178,14 @@ impl Live {
     /// A session was logged out: its sockets are closed with 1008 now (sockets on other
     /// instances notice on their next credential check).
     pub fn session_ended(&self, id_hash: String) {
-        self.hub.do_send(hub::SessionEnded { id_hash });
+        self.hub.do_send(messages::SessionEnded { id_hash });
+    }
+
+    /// How far behind the database's event log the feed is, when that is more than
+    /// `live.max_lag_secs` (readiness fails meanwhile).
+    pub fn lagging(&self) -> Option<Duration> {
+        let lag = self.stats.lag();
+        (lag > self.max_lag).then_some(lag)
     }
 
     /// The number of subscribed sessions, as the hub counts them.
@@ -243,45 +276,4 @@ pub async fn upgrade(
             detail: format!("a WebSocket upgrade is required here: {e}"),
             param: None,
         })
-}
-
-/// The raw socket of a plain TCP connection, noted when it is accepted.
-#[derive(Debug, Clone, Copy)]
-struct ConnFd(#[cfg(unix)] std::os::fd::RawFd);
-
-/// For `HttpServer::on_connect`: remembers each connection's socket.
-pub fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
-    #[cfg(unix)]
-    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        use std::os::fd::AsRawFd;
-        ext.insert(ConnFd(tcp.as_raw_fd()));
-    }
-    #[cfg(not(unix))]
-    let _ = (conn, ext);
-}
-
-/// A second handle on a WebSocket's TCP socket, to cut it when its session is stuck.
-pub struct ConnHandle(std::net::TcpStream);
-
-impl ConnHandle {
-    fn of(req: &HttpRequest) -> Option<Self> {
-        #[cfg(unix)]
-        {
-            let fd = req.conn_data::<ConnFd>()?.0;
-            // SAFETY: the request is being served on this connection, so its socket is open
-            // for as long as this handler runs; the clone below owns a descriptor of its own.
-            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            let owned = borrowed.try_clone_to_owned().ok()?;
-            Some(Self(std::net::TcpStream::from(owned)))
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = req;
-            None
-        }
-    }
-
-    fn shutdown(&self) {
-        let _ = self.0.shutdown(std::net::Shutdown::Both);
-    }
 }

@@ -8,7 +8,9 @@
 
 use super::Slot;
 use super::filter::TypeFilter;
-use super::hub::{EventFrame, Hub, Link, Start, Subscribe, SubscribeReply, Unsubscribe};
+use super::hub::Hub;
+use super::messages::{EventFrame, Start, Subscribe, SubscribeReply, ToSession, Unsubscribe};
+use super::stall::Link;
 use crate::auth::{AuthFailure, Authenticator, Proof};
 use crate::domain::time::Timestamp;
 use crate::store::Reader;
@@ -30,16 +32,6 @@ pub struct SessionConfig {
     /// that far).
     pub replay_window: Duration,
 }
-
-/// A live frame from the hub.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Deliver(pub EventFrame);
-
-/// The client fell too far behind: close with 1013.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Overflow;
 
 /// Leaves the hub's table when the session ends, however it ends (the actor is dropped
 /// even when its connection is cut without a close).
@@ -64,11 +56,6 @@ pub struct Credentials {
     /// Its place under the connection caps, given back when the session ends.
     pub slot: Slot,
 }
-
-/// The credentials behind the socket ended: close with 1008 (policy violation).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Revoked;
 
 pub struct WsSession {
     id: u64,
@@ -242,7 +229,7 @@ impl Actor for WsSession {
         });
         let subscribe = Subscribe {
             id: self.id,
-            session: ctx.address(),
+            session: ctx.address().recipient(),
             filter: self.filter,
             since: self.since,
             link: self.link.clone(),
@@ -285,50 +272,29 @@ impl Actor for WsSession {
     }
 }
 
-impl Handler<Revoked> for WsSession {
+impl Handler<ToSession> for WsSession {
     type Result = ();
 
-    fn handle(&mut self, _: Revoked, ctx: &mut Self::Context) {
-        tracing::info!(
-            session = self.id,
-            "live client's session ended; closing it with 1008"
-        );
-        self.credentials_ended(ctx);
-    }
-}
-
-impl Handler<Deliver> for WsSession {
-    type Result = ();
-
-    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        self.link.taken();
-        ctx.text(msg.0.text);
-    }
-}
-
-/// The server is shutting down: close with 1001 (going away); clients reconnect later with
-/// `?since=` and miss nothing.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct GoingAway;
-
-impl Handler<GoingAway> for WsSession {
-    type Result = ();
-
-    fn handle(&mut self, _: GoingAway, ctx: &mut Self::Context) {
-        self.close(ctx, CloseCode::Away, "the server is shutting down");
-    }
-}
-
-impl Handler<Overflow> for WsSession {
-    type Result = ();
-
-    fn handle(&mut self, _: Overflow, ctx: &mut Self::Context) {
-        self.close(
-            ctx,
-            CloseCode::Again,
-            "too far behind; reconnect with ?since=<last seq>",
-        );
+    fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
+        match msg {
+            ToSession::Deliver(frame) => {
+                self.link.taken();
+                ctx.text(frame.text);
+            }
+            ToSession::Overflow => self.close(
+                ctx,
+                CloseCode::Again,
+                "too far behind; reconnect with ?since=<last seq>",
+            ),
+            ToSession::Revoked => {
+                tracing::info!(
+                    session = self.id,
+                    "live client's session ended; closing it with 1008"
+                );
+                self.credentials_ended(ctx);
+            }
+            ToSession::GoingAway => self.close(ctx, CloseCode::Away, "the server is shutting down"),
+        }
     }
 }
 

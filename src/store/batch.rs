@@ -62,6 +62,10 @@ pub struct Pending {
     pub reply: oneshot::Sender<Result<WriteReply, StoreError>>,
 }
 
+/// The PostgreSQL channel each committed batch notifies (payload `first-last`), so that
+/// every instance's live feed reads the new events at once (see `live::feed`).
+pub const EVENTS_CHANNEL: &str = "duka_events";
+
 /// The longest one batch may take, commit included.
 const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
 /// Rows per multi-row INSERT: far below SQLite's and PostgreSQL's bound-parameter limits
@@ -397,6 +401,16 @@ impl<'a> Batch<'a> {
                 [(self.next_seq - 1).into()],
             ))
             .await?;
+            if backend == DbBackend::Postgres {
+                // Delivered at commit, to every instance's listener (this one's too).
+                let payload = format!("{}-{}", self.first_seq, self.next_seq - 1);
+                txn.execute_raw(Statement::from_sql_and_values(
+                    backend,
+                    "SELECT pg_notify($1, $2)",
+                    [EVENTS_CHANNEL.into(), payload.into()],
+                ))
+                .await?;
+            }
         }
         txn.commit().await?;
         Ok(Outcome {

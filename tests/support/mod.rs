@@ -26,24 +26,15 @@ pub enum TestDb {
         name: String,
         url: String,
     },
+    /// A database that another `TestDb` owns (a second instance of a deployment): nothing
+    /// is dropped with it.
+    Shared { url: String, postgres: bool },
 }
 
 impl TestDb {
     pub fn new() -> Self {
         match std::env::var("DUKA_TEST_POSTGRES_URL") {
-            Ok(admin_url) if !admin_url.is_empty() => {
-                let name = format!("duka_test_{:016x}", rand::rng().random::<u64>());
-                let url = with_database(&admin_url, &name);
-                let sql = format!("CREATE DATABASE \"{name}\"");
-                run_admin(&admin_url, &sql).unwrap_or_else(|e| {
-                    panic!("DUKA_TEST_POSTGRES_URL={admin_url}: cannot create a test database: {e}")
-                });
-                Self::Postgres {
-                    admin_url,
-                    name,
-                    url,
-                }
-            }
+            Ok(admin_url) if !admin_url.is_empty() => Self::postgres_at(admin_url),
             _ => {
                 let dir = tempfile::tempdir().expect("a temporary directory");
                 let url = format!("sqlite://{}?mode=rwc", dir.path().join("duka.db").display());
@@ -52,14 +43,52 @@ impl TestDb {
         }
     }
 
+    /// A fresh PostgreSQL database whatever the run is on (several instances need one):
+    /// at `DUKA_TEST_POSTGRES_URL`, else the local server scripts/test starts.
+    pub fn postgres() -> Self {
+        let admin_url = std::env::var("DUKA_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        Self::postgres_at(admin_url)
+    }
+
+    fn postgres_at(admin_url: String) -> Self {
+        let name = format!("duka_test_{:016x}", rand::rng().random::<u64>());
+        let url = with_database(&admin_url, &name);
+        let sql = format!("CREATE DATABASE \"{name}\"");
+        run_admin(&admin_url, &sql).unwrap_or_else(|e| {
+            panic!(
+                "cannot create a PostgreSQL test database at {admin_url} ({e}): start PostgreSQL \
+                 (scripts/test does) or set DUKA_TEST_POSTGRES_URL"
+            )
+        });
+        Self::Postgres {
+            admin_url,
+            name,
+            url,
+        }
+    }
+
+    /// The same database, for another instance.
+    pub fn share(&self) -> Self {
+        Self::Shared {
+            url: self.url().to_string(),
+            postgres: self.is_postgres(),
+        }
+    }
+
     pub fn url(&self) -> &str {
         match self {
-            Self::Sqlite { url, .. } | Self::Postgres { url, .. } => url,
+            Self::Sqlite { url, .. } | Self::Postgres { url, .. } | Self::Shared { url, .. } => url,
         }
     }
 
     pub fn is_postgres(&self) -> bool {
-        matches!(self, Self::Postgres { .. })
+        matches!(
+            self,
+            Self::Postgres { .. } | Self::Shared { postgres: true, .. }
+        )
     }
 
     /// A separate connection for looking at (or tampering with) the database in tests.
@@ -144,7 +173,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let db = TestDb::new();
+    spawn_app_on(TestDb::new(), configure).await
+}
+
+/// An app on `db` (e.g. `TestDb::postgres()`, or `app.db.share()` for a second instance).
+pub async fn spawn_app_on(db: TestDb, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let data_dir = tempfile::tempdir().expect("a temporary directory");
     let mut settings = test_settings(&db, data_dir.path());
     configure(&mut settings);
@@ -356,7 +389,7 @@ impl TestDb {
     pub fn admin_execute(&self, sql: &str) -> Result<(), String> {
         match self {
             Self::Postgres { admin_url, .. } => run_admin(admin_url, sql),
-            Self::Sqlite { .. } => Err("not a PostgreSQL test database".into()),
+            _ => Err("not a PostgreSQL test database this test owns".into()),
         }
     }
 
@@ -364,7 +397,7 @@ impl TestDb {
     pub fn postgres_name(&self) -> Option<&str> {
         match self {
             Self::Postgres { name, .. } => Some(name),
-            Self::Sqlite { .. } => None,
+            _ => None,
         }
     }
 }
