@@ -15,6 +15,11 @@ const ACTION_LABEL = {
 };
 const ORDER_FILTERS = ["q", "status", "start_date", "end_date", "customer_id"];
 const LIVE_TYPES = "order.created,order.updated,order.deleted,notification.updated";
+// viewer < staff < admin, as the server orders them. A control that changes something
+// carries data-needs="staff" or "admin": style.css hides it unless <html data-role> is high
+// enough (an unknown role sees none), and the views create such buttons only for a role
+// that may use them, so a live re-render cannot bring one back.
+const ROLE_RANK = { viewer: 0, staff: 1, admin: 2 };
 
 const state = {
   me: null,
@@ -38,9 +43,16 @@ const state = {
   importChecked: null,       // the file that passed the dry run
   chartDays: null,           // the days the chart shows, to redraw it at another width
   timers: new Map(),
+  history: new Map(),        // seq -> event of the order on the order page (its timeline)
 };
 
 const $ = (id) => document.getElementById(id);
+
+/// May the signed-in principal do what needs `role`?
+function can(role) {
+  const mine = state.me ? ROLE_RANK[state.me.role] : undefined;
+  return mine !== undefined && mine >= ROLE_RANK[role];
+}
 
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -114,6 +126,9 @@ async function api(method, path, body, options) {
     return await call(method, "/api/v1" + path, body, options);
   } catch (e) {
     if (e instanceof ApiError && e.status === 401) showSignIn();
+    // Refused for the role: the role may have changed since sign-in; follow it (the caller
+    // shows the problem's detail as it shows other errors).
+    if (e instanceof ApiError && e.status === 403) refreshMe();
     throw e;
   }
 }
@@ -246,7 +261,7 @@ function route() {
   else if (view === "new-customer") { show("new-customer"); $("customer-name").focus(); }
   else if (view === "new-order") {
     show("new-order");
-    fillCustomerCodes();
+    if (can("staff")) fillCustomerCodes();
     if (query.get("code")) $("order-customer").value = query.get("code");
     $(query.get("code") ? "order-item" : "order-customer").focus();
   } else { show("orders"); openOrders(query).catch(showLoadError); }
@@ -265,6 +280,9 @@ async function showSignIn() {
   $("sign-out").hidden = true;
   $("connection").hidden = true;
   $("who").textContent = "";
+  $("who-role").textContent = "";
+  $("who-role").hidden = true;
+  delete document.documentElement.dataset.role;
   let mode = "token";
   try { mode = (await call("GET", "/auth/config")).mode || "token"; } catch { /* token */ }
   $("token-form").hidden = mode !== "token";
@@ -507,7 +525,7 @@ function connect() {
     const delay = Math.min(10000, 500 * 2 ** state.retry++);
     setTimeout(async () => {
       if (!state.me) return;
-      try { await call("GET", "/auth/me"); } catch (e) { if (e.status === 401) { showSignIn(); return; } }
+      try { showMe(await call("GET", "/auth/me")); } catch (e) { if (e.status === 401) { showSignIn(); return; } }
       connect();
     }, delay);
   };
@@ -548,6 +566,7 @@ function announce(text) {
 
 function applyEvent(frame) {
   const data = frame.data || {};
+  noteHistory(frame);
   switch (frame.type) {
     case "order.created":
     case "order.updated": {
@@ -567,6 +586,12 @@ function applyEvent(frame) {
     case "order.deleted":
       removeOrder(data.id);
       refreshCounters();
+      if (state.currentOrder === data.id) {
+        $("order-error").textContent = "This order was deleted.";
+        $("order-actions").replaceChildren();
+        $("order-delete").hidden = true;
+        $("resend").hidden = true;
+      }
       break;
     case "notification.updated": {
       noteNotification(data);
@@ -595,9 +620,14 @@ function noteNotification(n) {
 
 async function openOrder(id) {
   state.currentOrder = id;
+  state.history = new Map();
   show("order");
   $("order-error").textContent = "";
   $("order-ok").textContent = "";
+  $("order-history").replaceChildren();
+  $("history-note").textContent = "";
+  // The history is there after a delete too, so it loads whether the order does or not.
+  const history = loadHistory(id);
   try {
     const order = await api("GET", `/orders/${encodeURIComponent(id)}`);
     renderOrderDetail(order);
@@ -606,7 +636,10 @@ async function openOrder(id) {
     $("order-error").textContent = e.status === 404 ? "This order does not exist (any more)." : e.message;
     $("order-details").replaceChildren();
     $("order-actions").replaceChildren();
+    $("order-delete").hidden = true;
+    $("resend").hidden = true;
   }
+  await history;
 }
 
 function renderOrderDetail(order) {
@@ -624,13 +657,134 @@ function renderOrderDetail(order) {
     ["Updated", when(order.updated_at)],
   ];
   $("order-details").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
-  const actions = STATUS_NEXT[order.status].map((to) => {
-    const b = el("button", { type: "button", text: ACTION_LABEL[to], "data-status": to });
+  // Only for a role that may change it (a frame re-renders this, with the same rule).
+  const actions = can("staff") ? STATUS_NEXT[order.status].map((to) => {
+    const b = el("button", { type: "button", text: ACTION_LABEL[to], "data-status": to, "data-needs": "staff" });
     if (to === "cancelled") b.classList.add("danger");
     b.addEventListener("click", () => changeStatus(b, order, to));
     return b;
-  });
+  }) : [];
   $("order-actions").replaceChildren(...actions);
+  $("order-delete").hidden = false;
+  $("resend").hidden = false;
+}
+
+async function deleteOrder() {
+  const id = state.currentOrder;
+  if (!id) return;
+  $("order-error").textContent = "";
+  const title = $("order-title").textContent.replace(/^Order /, "");
+  if (!await confirmAction(`Delete order ${title}? This cannot be undone; its history is kept.`, "Delete")) return;
+  try {
+    await busy($("order-delete"), "Deleting…", () => api("DELETE", `/orders/${id}`));
+    removeOrder(id);
+    progress(`Order ${title} deleted.`, "ok");
+    location.hash = "#/orders";
+  } catch (e) {
+    $("order-error").textContent = e.message;
+  }
+}
+
+// ---- order history: a timeline, oldest first ------------------------------------------------
+
+/// The order an event is about.
+function eventOrderId(frame) {
+  const data = frame.data || {};
+  return frame.type === "notification.updated" ? data.order_id : data.id;
+}
+
+async function loadHistory(id) {
+  let page;
+  try {
+    page = await api("GET", `/orders/${encodeURIComponent(id)}/history`);
+  } catch (e) {
+    if (state.currentOrder !== id) return;
+    $("history-note").textContent = e.status === 404 ? "No history is kept for this order." : `The history cannot be loaded: ${e.message}`;
+    return;
+  }
+  if (state.currentOrder !== id) return;
+  for (const event of page.items) state.history.set(event.seq, event);
+  renderHistory();
+}
+
+/// A live frame about the order on the page joins its timeline (once: by seq).
+function noteHistory(frame) {
+  if (!state.currentOrder || eventOrderId(frame) !== state.currentOrder || state.history.has(frame.seq)) return;
+  state.history.set(frame.seq, frame);
+  renderHistory();
+}
+
+/// Who did it, as a timeline line ends: "by Wanjiku", "by the SMS sender", "(Africa's Talking)".
+function actorText(actor, sms) {
+  if (!actor) return "";
+  if (actor.type === "user") return `by ${actor.name || actor.subject}`;
+  if (actor.type === "provider") return actor.name === "africastalking" ? "(Africa's Talking)" : `(${actor.name})`;
+  if (actor.type === "system" && actor.name === "sms") return sms ? "" : "by the SMS sender";
+  return "";
+}
+
+const ORDER_FIELDS = [["item", "item"], ["quantity", "quantity"], ["amount", "amount"], ["currency", "currency"]];
+
+/// One line per event, or null for an event that says nothing new (the order.updated a
+/// resend brings, next to its "SMS queued again").
+function historyText(event, before) {
+  const data = event.data || {};
+  const parts = [];
+  switch (event.type) {
+    case "order.created":
+      parts.push("created", actorText(event.actor));
+      break;
+    case "order.updated": {
+      if (before && data.status && data.status !== before.status) {
+        parts.push(data.status, actorText(event.actor));
+      } else {
+        const changed = before ? ORDER_FIELDS.filter(([k]) => String(data[k]) !== String(before[k])).map(([, label]) => label) : [];
+        if (before && !changed.length) return null;
+        parts.push(changed.length ? `${changed.join(", ")} changed` : "changed", actorText(event.actor));
+      }
+      break;
+    }
+    case "order.deleted":
+      parts.push("deleted", actorText(event.actor));
+      break;
+    case "notification.updated": {
+      const status = data.status || "updated";
+      if (status === "queued" && data.next_attempt_at) parts.push("SMS not sent, will retry");
+      else if (status === "queued") parts.push(event.actor && event.actor.type === "user" ? "SMS queued again" : "SMS queued");
+      else parts.push(`SMS ${status}`);
+      parts.push(actorText(event.actor, true));
+      const line = parts.filter(Boolean).join(" ");
+      return data.error && (status === "failed" || status === "queued") ? `${line}: ${data.error}` : line;
+    }
+    default:
+      parts.push(event.type, actorText(event.actor));
+  }
+  return parts.filter(Boolean).join(" ");
+}
+
+/// HH:MM today; the page's date and time otherwise.
+function historyTime(ts) {
+  const d = new Date(ts);
+  if (Number.isNaN(d.getTime())) return String(ts);
+  const today = new Date();
+  if (d.toDateString() === today.toDateString()) return d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+  return when(ts);
+}
+
+function renderHistory() {
+  const events = [...state.history.values()].sort((a, b) => a.seq - b.seq);
+  let order = null;
+  const items = [];
+  for (const event of events) {
+    const text = historyText(event, order);
+    if (event.type.startsWith("order.") && event.type !== "order.deleted") order = event.data;
+    if (text === null) continue;
+    items.push(el("li", { "data-seq": String(event.seq), "data-type": event.type },
+      el("time", { dateTime: event.at, title: when(event.at), text: historyTime(event.at) }),
+      el("span", { class: "what", text })));
+  }
+  $("order-history").replaceChildren(...items);
+  $("history-note").textContent = items.length ? "" : "Nothing has happened to this order yet.";
 }
 
 async function changeStatus(button, order, status) {
@@ -731,13 +885,17 @@ async function openCustomer(id) {
   const form = $("customer-edit");
   clearErrors(form);
   $("customer-orders-body").replaceChildren();
+  $("customer-details").replaceChildren();
   try {
     const c = await api("GET", `/customers/${encodeURIComponent(id)}`);
     fillCustomer(c);
     await loadCustomerOrders(true);
   } catch (e) {
     $("customer-title").textContent = "Customer";
-    fieldError(form, "_", e.status === 404 ? "This customer does not exist (any more)." : e.message);
+    const message = e.status === 404 ? "This customer does not exist (any more)." : e.message;
+    fieldError(form, "_", message);
+    // A role that may not edit does not see the form, nor the errors in it.
+    if (!can("staff")) progress(message, "error");
   }
 }
 
@@ -748,6 +906,9 @@ function fillCustomer(c) {
   $("edit-phone").value = c.phone;
   $("edit-email").value = c.email || "";
   $("edit-code").value = c.code;
+  // What the edit form shows, for a role that may not edit.
+  $("customer-details").replaceChildren(...[["Code", c.code], ["Phone", c.phone], ["E-mail", c.email || "–"]]
+    .flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
   $("customer-new-order").href = `#/new-order?code=${encodeURIComponent(c.code)}`;
 }
 
@@ -970,16 +1131,18 @@ async function smsRow(n, withAction) {
     el("td", { class: "num", text: String(n.attempts) })];
   if (withAction) {
     cells.push(el("td", { class: "nowrap", text: when(n.updated_at) }));
-    const button = el("button", { type: "button", text: "Send again", class: "secondary", "data-resend": n.order_id });
-    const note = el("span", { class: "ok-text", "aria-live": "polite" });
-    button.addEventListener("click", async () => {
-      const queued = await resendSms(button, n.order_id, label, n.phone);
-      if (queued) {
-        button.disabled = true;
-        note.textContent = "Queued again";
-      }
-    });
-    cells.push(el("td", { class: "nowrap" }, button, note));
+    if (can("staff")) {
+      const button = el("button", { type: "button", text: "Send again", class: "secondary", "data-resend": n.order_id, "data-needs": "staff" });
+      const note = el("span", { class: "ok-text", "aria-live": "polite" });
+      button.addEventListener("click", async () => {
+        const queued = await resendSms(button, n.order_id, label, n.phone);
+        if (queued) {
+          button.disabled = true;
+          note.textContent = "Queued again";
+        }
+      });
+      cells.push(el("td", { class: "nowrap", "data-needs": "staff" }, button, note));
+    }
   } else {
     cells.push(el("td", { class: "nowrap", text: n.next_attempt_at ? when(n.next_attempt_at) : "" }));
   }
@@ -1146,6 +1309,28 @@ function submitOrder(event) {
 
 // ---- start -----------------------------------------------------------------------------
 
+/// Who is signed in, and their role: shown in the top bar, and on <html data-role>, which
+/// decides (in style.css) which controls show.
+function showMe(me) {
+  state.me = me;
+  $("who").textContent = me.name || me.email || me.subject;
+  const role = $("who-role");
+  role.textContent = me.role || "";
+  role.title = me.role ? `Your role: ${me.role}` : "";
+  role.hidden = !me.role;
+  document.documentElement.dataset.role = me.role || "";
+}
+
+/// Asks the server for the principal again (after a 403, or a reconnect).
+async function refreshMe() {
+  try {
+    const me = await call("GET", "/auth/me");
+    if (state.me) showMe(me);
+  } catch (e) {
+    if (e.status === 401) showSignIn();
+  }
+}
+
 async function start() {
   try {
     state.me = await call("GET", "/auth/me");
@@ -1153,7 +1338,7 @@ async function start() {
     showSignIn();
     return;
   }
-  $("who").textContent = state.me.name || state.me.email || state.me.subject;
+  showMe(state.me);
   $("nav").hidden = false;
   $("sign-out").hidden = false;
   state.lastSeq = null;
@@ -1167,6 +1352,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("customer-form").addEventListener("submit", submitCustomer);
   $("order-form").addEventListener("submit", submitOrder);
   $("resend").addEventListener("click", resend);
+  $("order-delete").addEventListener("click", deleteOrder);
   $("order-filter").addEventListener("submit", applyFilter);
   $("filter-clear").addEventListener("click", () => setOrdersHash(new URLSearchParams()));
   $("filter-today").addEventListener("click", () => {

@@ -3,8 +3,9 @@
 //! `target/tmp/screenshots/` for a reviewer.
 
 use crate::fake_at::{self, FakeAt};
+use crate::sms::{SECRET, all_have_status, at_app, delivery, report, wait_notifications};
 use crate::support::*;
-use duka::config::SmsProviderKind;
+use duka::config::{NamedToken, Settings, SmsProviderKind, TokenEntry};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use std::net::TcpListener;
@@ -203,12 +204,17 @@ async fn click(browser: &Client, css: &str) {
 }
 
 async fn sign_in(browser: &Client, url: &str) {
+    sign_in_as(browser, url, TOKEN).await;
+}
+
+/// Signs in through the page's token form with `token`.
+async fn sign_in_as(browser: &Client, url: &str, token: &str) {
     browser.goto(url).await.expect("open the dashboard");
     wait_text(browser, "#view-sign-in h1", "the sign-in page", |t| {
         t.contains("Sign in")
     })
     .await;
-    fill(browser, "#token", TOKEN).await;
+    fill(browser, "#token", token).await;
     click(browser, "#token-form button[type=submit]").await;
     wait_text(browser, "#connection", "the live indicator", |t| {
         t == "live"
@@ -1126,5 +1132,534 @@ async fn a_double_click_creates_one_order_and_one_customer() {
         .await
         .unwrap();
     assert_eq!(found["items"].as_array().unwrap().len(), 1, "{found}");
+    browser.close().await.unwrap();
+}
+
+// ---- roles and the order's history --------------------------------------------------------
+
+const FRONT_DESK: &str = "front-desk-viewer-token";
+const WANJIKU: &str = "wanjiku-staff-token-01";
+const OWNER: &str = "owner-admin-token-0001";
+
+/// A viewer "Front desk", a staff member "Wanjiku" and an admin "Owner", beside `TOKEN`.
+fn named_tokens(s: &mut Settings) {
+    for (token, role, name) in [
+        (FRONT_DESK, "viewer", "Front desk"),
+        (WANJIKU, "staff", "Wanjiku"),
+        (OWNER, "admin", "Owner"),
+    ] {
+        s.auth.tokens.push(TokenEntry::Named(NamedToken {
+            token: token.into(),
+            role: role.into(),
+            name: Some(name.into()),
+        }));
+    }
+}
+
+/// An API request made with `token`.
+fn as_token(
+    app: &TestApp,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    app.client
+        .request(method, format!("{}{path}", app.url))
+        .bearer_auth(token)
+}
+
+/// How many elements matching `css` are displayed.
+async fn shown(browser: &Client, css: &str) -> usize {
+    let mut n = 0;
+    for e in browser.find_all(Locator::Css(css)).await.unwrap() {
+        if e.is_displayed().await.unwrap_or(false) {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Asserts that no element matching any of `selectors` is displayed.
+async fn assert_none_shown(browser: &Client, selectors: &[&str], page: &str) {
+    for css in selectors {
+        let n = shown(browser, css).await;
+        if n > 0 {
+            screenshot(browser, &format!("shown-{}", page.replace(' ', "-"))).await;
+        }
+        assert_eq!(n, 0, "{css} is shown on {page}");
+    }
+}
+
+/// Waits until `css` matches exactly `n` displayed elements.
+async fn wait_shown(browser: &Client, css: &str, what: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = shown(browser, css).await;
+        if found == n {
+            return;
+        }
+        if Instant::now() > deadline {
+            screenshot(browser, &format!("timeout-{}", what.replace(' ', "-"))).await;
+            panic!("timed out waiting for {n} shown of {css} ({what}); found {found}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The timeline's lines (without their times).
+async fn timeline(browser: &Client) -> Vec<String> {
+    texts(browser, "#order-history li .what").await
+}
+
+/// Every control that changes something, by the ids and selectors the page uses.
+const CHANGES: [&str; 21] = [
+    "#nav a[data-view=new-order]",
+    "#nav a[data-view=new-customer]",
+    "#order-actions",
+    "#order-actions button",
+    "button[data-status]",
+    "#resend",
+    "#order-delete",
+    "#customers-import",
+    "a[href='#/import']",
+    "#customer-edit",
+    "#customer-edit button",
+    "#customer-delete",
+    "#customer-new-order",
+    "#failed-body button",
+    "button[data-resend]",
+    "#order-form",
+    "#customer-form",
+    "#import-form",
+    "#import-check",
+    "#import-run",
+    "[data-needs]",
+];
+
+/// A customer whose SMS the provider refuses, and their order, once its SMS failed.
+async fn failed_order(app: &TestApp, fake: &FakeAt) -> Value {
+    let rejected = app.create_customer(json!({ "name": "Wrong Number" })).await;
+    fake.reject_number(rejected["phone"].as_str().unwrap());
+    let order = app
+        .create_order(rejected["id"].as_str().unwrap(), json!({ "item": "Chair" }))
+        .await;
+    wait_notifications(app, order["id"].as_str().unwrap(), |l| {
+        all_have_status(l, "failed")
+    })
+    .await;
+    order
+}
+
+#[tokio::test]
+async fn a_viewer_sees_no_control_that_changes_anything_and_still_follows_live() {
+    let fake = FakeAt::start().await;
+    let app = at_app(&fake, named_tokens).await;
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().unwrap();
+    let browser = driver.browser(&profile).await;
+    let failed = failed_order(&app, &fake).await;
+    let amina = app
+        .create_customer(json!({ "name": "Amina Widgets", "code": "AMINA" }))
+        .await;
+    let (cid, phone) = (
+        amina["id"].as_str().unwrap(),
+        amina["phone"].as_str().unwrap(),
+    );
+    let order = app.create_order(cid, json!({ "item": "Sofa" })).await;
+    let oid = order["id"].as_str().unwrap();
+    wait_notifications(&app, oid, |l| all_have_status(l, "sent")).await;
+    sign_in_as(&browser, &app.url, FRONT_DESK).await;
+    assert_eq!(texts(&browser, "#who").await, ["Front desk"]);
+    assert_eq!(texts(&browser, "#who-role").await, ["viewer"]);
+
+    // The orders list: the orders, no way to make one.
+    wait_text(&browser, "#orders-body", "the orders", |t| {
+        t.contains(&number(&order)) && t.contains(&number(&failed))
+    })
+    .await;
+    assert_eq!(shown(&browser, "#nav a[data-view=orders]").await, 1);
+    assert_none_shown(&browser, &CHANGES, "the viewer's orders").await;
+    screenshots(&browser, "viewer-orders").await;
+
+    // An order: its details and history, no status buttons, resend or delete.
+    browser
+        .goto(&format!("{}/#/orders/{oid}", app.url))
+        .await
+        .unwrap();
+    wait_text(&browser, "#order-title", "the order page", |t| {
+        t.contains(&number(&order))
+    })
+    .await;
+    wait_text(&browser, "#notifications-body", "the order's SMS", |t| {
+        t.contains("sent")
+    })
+    .await;
+    wait_text(&browser, "#order-history", "the history", |t| {
+        t.contains("created by API token 1")
+    })
+    .await;
+    wait_count(&browser, "#order-actions button", "no status buttons", 0).await;
+    assert_none_shown(&browser, &CHANGES, "the viewer's order").await;
+    // A change made elsewhere re-renders the page live, still without controls.
+    let r = app
+        .patch(
+            &format!("/api/v1/orders/{oid}"),
+            &json!({ "status": "confirmed" }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    wait_text(&browser, "#order-details", "the live status", |t| {
+        t.contains("confirmed")
+    })
+    .await;
+    wait_text(
+        &browser,
+        "#order-history li:last-child .what",
+        "the live history line",
+        |t| t == "confirmed by API token 1",
+    )
+    .await;
+    wait_count(&browser, "#order-actions button", "no status buttons", 0).await;
+    assert_none_shown(&browser, &CHANGES, "the viewer's order after a frame").await;
+    screenshots(&browser, "viewer-order").await;
+
+    // The customers, and one customer: read, not edited, imported or deleted.
+    browser
+        .goto(&format!("{}/#/customers", app.url))
+        .await
+        .unwrap();
+    wait_text(&browser, "#customers-body", "the customers", |t| {
+        t.contains("AMINA")
+    })
+    .await;
+    assert_none_shown(&browser, &CHANGES, "the viewer's customers").await;
+    browser
+        .goto(&format!("{}/#/customers/{cid}", app.url))
+        .await
+        .unwrap();
+    wait_text(
+        &browser,
+        "#customer-details",
+        "the customer's details",
+        |t| t.contains(phone),
+    )
+    .await;
+    wait_text(&browser, "#customer-orders-body", "their orders", |t| {
+        t.contains(&number(&order))
+    })
+    .await;
+    assert_none_shown(&browser, &CHANGES, "the viewer's customer").await;
+    screenshots(&browser, "viewer-customer").await;
+
+    // The failed SMS: shown, with no "Send again".
+    click(&browser, "#nav a[data-view=sms]").await;
+    wait_text(&browser, "#failed-body", "the failed SMS", |t| {
+        t.contains(&number(&failed))
+    })
+    .await;
+    wait_count(&browser, "#failed-body button", "no Send again", 0).await;
+    assert_none_shown(&browser, &CHANGES, "the viewer's SMS page").await;
+    screenshots(&browser, "viewer-sms").await;
+
+    // The forms' own addresses say what is needed, and show no form.
+    for (view, what) in [
+        ("new-order", "Creating orders"),
+        ("new-customer", "Creating customers"),
+        ("import", "Importing customers"),
+    ] {
+        browser
+            .goto(&format!("{}/#/{view}", app.url))
+            .await
+            .unwrap();
+        wait_text(
+            &browser,
+            &format!("#view-{view} [data-below=staff]"),
+            "the role note",
+            |t| t.contains(what) && t.contains("staff role"),
+        )
+        .await;
+        assert_none_shown(&browser, &CHANGES, view).await;
+    }
+
+    // Live updates still arrive in the list.
+    browser
+        .goto(&format!("{}/#/orders", app.url))
+        .await
+        .unwrap();
+    wait_text(&browser, "#orders-body", "the orders again", |t| {
+        t.contains(&number(&order))
+    })
+    .await;
+    let live = app.create_order(cid, json!({ "item": "Made live" })).await;
+    wait_text(
+        &browser,
+        "#orders-body tr:first-child",
+        "the live order",
+        |t| t.contains(&number(&live)),
+    )
+    .await;
+    assert_none_shown(&browser, &CHANGES, "the viewer's orders after a frame").await;
+
+    // The page believes its role went up (as if it changed meanwhile): the server still
+    // refuses, the page says why, and it follows the role the server names.
+    browser
+        .execute(
+            "state.me.role = 'staff'; showMe(state.me); location.hash = '#/orders/' + arguments[0];",
+            vec![json!(oid)],
+        )
+        .await
+        .unwrap();
+    wait_shown(
+        &browser,
+        "#order-actions button[data-status=shipped]",
+        "a status button",
+        1,
+    )
+    .await;
+    click(&browser, "#order-actions button[data-status=shipped]").await;
+    let refused = wait_text(&browser, "#order-error", "the refusal", |t| !t.is_empty()).await;
+    assert!(refused.contains("needs the staff role"), "{refused}");
+    wait_text(&browser, "#who-role", "the role from the server", |t| {
+        t == "viewer"
+    })
+    .await;
+    wait_shown(
+        &browser,
+        "#order-actions button",
+        "the buttons hidden again",
+        0,
+    )
+    .await;
+    let now: Value = app
+        .get(&format!("/api/v1/orders/{oid}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        now["status"], "confirmed",
+        "a refused change changes nothing"
+    );
+    screenshots(&browser, "viewer-refused").await;
+    browser.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn staff_change_and_resend_but_only_an_admin_deletes() {
+    let fake = FakeAt::start().await;
+    let app = at_app(&fake, named_tokens).await;
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().unwrap();
+    let browser = driver.browser(&profile).await;
+    let failed = failed_order(&app, &fake).await;
+    let lonely = app
+        .create_customer(json!({ "name": "Nobody Orders", "code": "NOBODY" }))
+        .await;
+    let lonely_id = lonely["id"].as_str().unwrap();
+    let amina = app
+        .create_customer(json!({ "name": "Amina Widgets" }))
+        .await;
+    let order = app
+        .create_order(amina["id"].as_str().unwrap(), json!({ "item": "Sofa" }))
+        .await;
+    let oid = order["id"].as_str().unwrap();
+    wait_notifications(&app, oid, |l| all_have_status(l, "sent")).await;
+    let order_page = format!("{}/#/orders/{oid}", app.url);
+    let customer_page = format!("{}/#/customers/{lonely_id}", app.url);
+
+    // Staff: create, change, resend and import, no delete.
+    sign_in_as(&browser, &app.url, WANJIKU).await;
+    assert_eq!(texts(&browser, "#who-role").await, ["staff"]);
+    wait_shown(
+        &browser,
+        "#nav a[data-view=new-order]",
+        "the new order link",
+        1,
+    )
+    .await;
+    assert_eq!(shown(&browser, "#nav a[data-view=new-customer]").await, 1);
+    browser.goto(&order_page).await.unwrap();
+    wait_shown(&browser, "#order-actions button", "the status buttons", 2).await;
+    assert_eq!(shown(&browser, "#resend").await, 1);
+    assert_none_shown(&browser, &["#order-delete"], "the staff's order").await;
+    screenshots(&browser, "staff-order").await;
+    browser.goto(&customer_page).await.unwrap();
+    wait_text(&browser, "#customer-title", "the customer page", |t| {
+        t.contains("Nobody Orders")
+    })
+    .await;
+    assert_eq!(
+        shown(&browser, "#customer-edit button[type=submit]").await,
+        1
+    );
+    assert_eq!(shown(&browser, "#customer-new-order").await, 1);
+    assert_none_shown(
+        &browser,
+        &["#customer-delete", "#customer-details"],
+        "the staff's customer",
+    )
+    .await;
+    click(&browser, "#nav a[data-view=customers]").await;
+    wait_shown(&browser, "#customers-import", "the import link", 1).await;
+    click(&browser, "#customers-import").await;
+    wait_shown(&browser, "#import-check", "the import form", 1).await;
+    click(&browser, "#nav a[data-view=sms]").await;
+    wait_text(&browser, "#failed-body", "the failed SMS", |t| {
+        t.contains(&number(&failed))
+    })
+    .await;
+    wait_shown(
+        &browser,
+        "#failed-body button[data-resend]",
+        "Send again",
+        1,
+    )
+    .await;
+    click(&browser, "#nav a[data-view=new-order]").await;
+    wait_shown(
+        &browser,
+        "#order-form button[type=submit]",
+        "the order form",
+        1,
+    )
+    .await;
+    assert_none_shown(&browser, &["[data-needs=admin]"], "the staff's new order").await;
+
+    // Admin: delete too.
+    click(&browser, "#sign-out").await;
+    sign_in_as(&browser, &app.url, OWNER).await;
+    assert_eq!(texts(&browser, "#who").await, ["Owner"]);
+    assert_eq!(texts(&browser, "#who-role").await, ["admin"]);
+    browser.goto(&customer_page).await.unwrap();
+    wait_shown(&browser, "#customer-delete", "the delete button", 1).await;
+    browser.goto(&order_page).await.unwrap();
+    wait_shown(&browser, "#order-actions button", "the status buttons", 2).await;
+    wait_shown(&browser, "#order-delete", "the delete button", 1).await;
+    assert_eq!(shown(&browser, "#resend").await, 1);
+    screenshots(&browser, "admin-order").await;
+    click(&browser, "#order-delete").await;
+    confirm(&browser).await;
+    wait_text(&browser, "#progress", "the deletion message", |t| {
+        t.contains("deleted")
+    })
+    .await;
+    wait_text(&browser, "#orders-title", "the orders list", |t| {
+        t == "Orders"
+    })
+    .await;
+    assert_eq!(
+        app.get(&format!("/api/v1/orders/{oid}")).await.status(),
+        404
+    );
+    // The deleted order's page still tells its story.
+    browser.goto(&order_page).await.unwrap();
+    wait_text(&browser, "#order-error", "the missing order", |t| {
+        t.contains("does not exist")
+    })
+    .await;
+    wait_text(
+        &browser,
+        "#order-history li:last-child .what",
+        "the deletion in the history",
+        |t| t == "deleted by Owner",
+    )
+    .await;
+    assert_none_shown(
+        &browser,
+        &["#order-delete", "#resend", "#order-actions button"],
+        "the deleted order",
+    )
+    .await;
+    browser.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_order_page_shows_its_history_as_a_timeline_and_follows_it_live() {
+    let fake = FakeAt::start().await;
+    let app = at_app(&fake, named_tokens).await;
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().unwrap();
+    let browser = driver.browser(&profile).await;
+    let staff = |method: reqwest::Method, path: &str| as_token(&app, WANJIKU, method, path);
+    let customer: Value = staff(reqwest::Method::POST, "/api/v1/customers")
+        .json(&json!({ "name": "Amina", "phone": unique_phone() }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let order: Value = staff(reqwest::Method::POST, "/api/v1/orders")
+        .json(&json!({ "customer_id": customer["id"], "item": "Laptop", "amount": "1200.00" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let oid = order["id"].as_str().unwrap();
+    let sent = wait_notifications(&app, oid, |l| all_have_status(l, "sent")).await;
+    let provider_id = sent[0]["provider_message_id"].as_str().unwrap();
+    let r = report(&app, Some(SECRET), &delivery(provider_id, "Success")).await;
+    assert_eq!(r.status(), 200);
+    wait_notifications(&app, oid, |l| all_have_status(l, "delivered")).await;
+    let patch = async |status: &str| {
+        let r = staff(reqwest::Method::PATCH, &format!("/api/v1/orders/{oid}"))
+            .json(&json!({ "status": status }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{status}");
+    };
+    patch("confirmed").await;
+
+    sign_in_as(&browser, &app.url, OWNER).await;
+    browser
+        .goto(&format!("{}/#/orders/{oid}", app.url))
+        .await
+        .unwrap();
+    wait_count(&browser, "#order-history li", "the history", 5).await;
+    assert_eq!(
+        timeline(&browser).await,
+        [
+            "created by Wanjiku",
+            "SMS sending",
+            "SMS sent",
+            "SMS delivered (Africa's Talking)",
+            "confirmed by Wanjiku",
+        ]
+    );
+    // Each line is text in a list, with a machine-readable time.
+    assert_eq!(
+        attr(&browser, "#order-history", "aria-labelledby")
+            .await
+            .as_deref(),
+        Some("history-title")
+    );
+    let at = attr(&browser, "#order-history li:first-child time", "datetime")
+        .await
+        .unwrap();
+    assert!(
+        at.starts_with(&chrono::Utc::now().format("%Y-").to_string()),
+        "{at}"
+    );
+    let first = texts(&browser, "#order-history li:first-child").await;
+    assert!(
+        first[0].ends_with("created by Wanjiku") && first[0].len() > "created by Wanjiku".len(),
+        "a time before the line: {first:?}"
+    );
+
+    // A change made elsewhere while the page is open, then one made here: both appear live.
+    patch("shipped").await;
+    wait_count(&browser, "#order-history li", "the live change", 6).await;
+    wait_text(&browser, "#order-details", "the shipped status", |t| {
+        t.contains("shipped")
+    })
+    .await;
+    click(&browser, "#order-actions button[data-status=delivered]").await;
+    wait_count(&browser, "#order-history li", "the change made here", 7).await;
+    let lines = timeline(&browser).await;
+    assert_eq!(lines[5..], ["shipped by Wanjiku", "delivered by Owner"]);
+    screenshots(&browser, "order-timeline").await;
     browser.close().await.unwrap();
 }
