@@ -150,6 +150,8 @@ fn write_config(settings: &Settings) -> WriteConfig {
             .map(|on| (on, settings.template(on)))
             .collect(),
         max_attempts: i32::try_from(sms.max_attempts).unwrap_or(i32::MAX),
+        // Per start: a tag names one process's commits (tests run several in one).
+        notify_tag: format!("{:016x}", rand::random::<u64>()),
     }
 }
 
@@ -214,10 +216,12 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     if settings.sms.enabled {
         actix_web::rt::spawn(metrics::track_sms_queue(db.clone()));
     }
-    let repo = Repository::new(db.clone(), write_config(&settings), retention).start_alone();
+    let write_config = write_config(&settings);
+    let notify_tag = write_config.notify_tag.clone();
+    let repo = Repository::new(db.clone(), write_config, retention).start_alone();
     // First listener, before anything can write: the hub must see every commit after
     // `latest_seq`.
-    let live = live::Live::start(&settings, &repo, db.clone(), latest_seq);
+    let live = live::Live::start(&settings, &repo, db.clone(), latest_seq, notify_tag);
     // For the readers outside the HTTP workers (sessions, the SMS dispatcher's sweeps);
     // every worker starts its own for its requests.
     let reader = Reader::new(db.clone()).start();

@@ -1,8 +1,10 @@
 //! The feed: how the hub learns that the deployment's event log has grown.
 //!
 //! The events table is the log; a notification is only the doorbell. Every committed batch
-//! of any instance sends one `pg_notify` (payload `first-last`, in its transaction: see
+//! of any instance sends one `pg_notify` (payload `first-last/tag`, in its transaction: see
 //! `store::batch`), which a listener on a connection of its own turns into `LogAdvanced`.
+//! Notifications with this instance's own tag are skipped: the writer hands those events
+//! to the hub directly, and reading them back would only race it.
 //! The latest seq is also polled every second, so that a lost notification, or a
 //! listener connection that went half-open, only delays events: the hub then reads what it
 //! has not seen from the table, in order. On SQLite (one process) the poll is all there is,
@@ -24,11 +26,17 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
 /// Starts the poll and, on PostgreSQL (`listen_url`), the listener, on the current arbiter;
 /// both end when the hub stops.
-pub fn start(hub: Addr<Hub>, db: DatabaseConnection, listen_url: Option<String>) {
+pub fn start(hub: Addr<Hub>, db: DatabaseConnection, listen: Option<Listen>) {
     actix::spawn(poll(hub.clone(), db));
-    if let Some(url) = listen_url {
-        actix::spawn(listen(hub, url));
+    if let Some(listen) = listen {
+        actix::spawn(listen.run(hub));
     }
+}
+
+/// The listener's connection, and the tag of this instance's own notifications.
+pub struct Listen {
+    pub url: String,
+    pub own_tag: String,
 }
 
 async fn poll(hub: Addr<Hub>, db: DatabaseConnection) {
@@ -44,55 +52,60 @@ async fn poll(hub: Addr<Hub>, db: DatabaseConnection) {
     }
 }
 
-/// The last seq of a notification's `first-last` payload.
-fn last_of(payload: &str) -> Option<i64> {
-    payload.rsplit('-').next()?.parse().ok()
+/// The last seq and the tag of a notification's `first-last/tag` payload.
+fn parse(payload: &str) -> Option<(i64, &str)> {
+    let (range, tag) = payload.split_once('/')?;
+    Some((range.rsplit('-').next()?.parse().ok()?, tag))
 }
 
-async fn listen(hub: Addr<Hub>, url: String) {
-    let mut connected_once = false;
-    while hub.connected() {
-        let mut listener = match PgListener::connect(&url).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::warn!(error = %e, "live feed: cannot connect the listener; polling meanwhile");
+impl Listen {
+    async fn run(self, hub: Addr<Hub>) {
+        let Listen { url, own_tag } = self;
+        let mut connected_once = false;
+        while hub.connected() {
+            let mut listener = match PgListener::connect(&url).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::warn!(error = %e, "live feed: cannot connect the listener; polling meanwhile");
+                    tokio::time::sleep(RECONNECT_AFTER).await;
+                    continue;
+                }
+            };
+            if let Err(e) = listener.listen(EVENTS_CHANNEL).await {
+                tracing::warn!(error = %e, "live feed: LISTEN failed; polling meanwhile");
                 tokio::time::sleep(RECONNECT_AFTER).await;
                 continue;
             }
-        };
-        if let Err(e) = listener.listen(EVENTS_CHANNEL).await {
-            tracing::warn!(error = %e, "live feed: LISTEN failed; polling meanwhile");
-            tokio::time::sleep(RECONNECT_AFTER).await;
-            continue;
-        }
-        if connected_once {
-            crate::metrics::live_listener_reconnected();
-        }
-        connected_once = true;
-        tracing::debug!("live feed: listening for commits");
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(notification)) => match last_of(notification.payload()) {
-                    Some(latest) => hub.do_send(LogAdvanced { latest }),
-                    None => tracing::warn!(
-                        payload = notification.payload(),
-                        "live feed: a notification without a seq"
-                    ),
-                },
-                // The connection was lost: notifications may have been missed. The poll
-                // covers them; the next `try_recv` connects again.
-                Ok(None) => {
-                    crate::metrics::live_listener_reconnected();
-                    tracing::info!("live feed: listener connection lost; reconnecting");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "live feed: listener failed; reconnecting");
-                    tokio::time::sleep(RECONNECT_AFTER).await;
-                    break;
-                }
+            if connected_once {
+                crate::metrics::live_listener_reconnected();
             }
-            if !hub.connected() {
-                return;
+            connected_once = true;
+            tracing::debug!("live feed: listening for commits");
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(notification)) => match parse(notification.payload()) {
+                        Some((_, tag)) if tag == own_tag => {}
+                        Some((latest, _)) => hub.do_send(LogAdvanced { latest }),
+                        None => tracing::warn!(
+                            payload = notification.payload(),
+                            "live feed: a notification without a seq"
+                        ),
+                    },
+                    // The connection was lost: notifications may have been missed. The poll
+                    // covers them; the next `try_recv` connects again.
+                    Ok(None) => {
+                        crate::metrics::live_listener_reconnected();
+                        tracing::info!("live feed: listener connection lost; reconnecting");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "live feed: listener failed; reconnecting");
+                        tokio::time::sleep(RECONNECT_AFTER).await;
+                        break;
+                    }
+                }
+                if !hub.connected() {
+                    return;
+                }
             }
         }
     }
@@ -101,9 +114,10 @@ async fn listen(hub: Addr<Hub>, url: String) {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn payloads_name_the_last_seq() {
-        assert_eq!(super::last_of("41-57"), Some(57));
-        assert_eq!(super::last_of("9"), Some(9));
-        assert_eq!(super::last_of("x"), None);
+    fn payloads_name_the_last_seq_and_the_instance() {
+        assert_eq!(super::parse("41-57/ab12"), Some((57, "ab12")));
+        assert_eq!(super::parse("9-9/x"), Some((9, "x")));
+        assert_eq!(super::parse("41-57"), None);
+        assert_eq!(super::parse("x/y"), None);
     }
 }

@@ -137,6 +137,7 @@ impl Live {
         repo: &Addr<Repository>,
         db: DatabaseConnection,
         latest: i64,
+        notify_tag: String,
     ) -> Self {
         let live = &settings.live;
         let ping_interval = Duration::from_secs(live.ping_interval_secs);
@@ -150,10 +151,14 @@ impl Live {
             retention: retention(settings),
         };
         let hub = Hub::new(cfg, db.clone(), latest, stats.clone());
-        let listen_url = matches!(db.get_database_backend(), sea_orm::DbBackend::Postgres)
-            .then(|| settings.database.url.clone());
+        let listen = matches!(db.get_database_backend(), sea_orm::DbBackend::Postgres).then(|| {
+            feed::Listen {
+                url: settings.database.url.clone(),
+                own_tag: notify_tag,
+            }
+        });
         let hub = Hub::start_in_arbiter(&actix::Arbiter::new().handle(), move |ctx| {
-            feed::start(actix::AsyncContext::address(ctx), db, listen_url);
+            feed::start(actix::AsyncContext::address(ctx), db, listen);
             hub
         });
         repo.do_send(ListenEvents(hub.clone().recipient()));

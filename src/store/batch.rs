@@ -34,6 +34,9 @@ pub struct WriteConfig {
     pub templates: BTreeMap<NotifyOn, Template>,
     /// `sms.max_attempts`: a message whose sender died mid-send this often is failed.
     pub max_attempts: i32,
+    /// Names this instance in its commit notifications (`first-last/tag`), so that its own
+    /// live feed can tell them apart: its hub has those events already.
+    pub notify_tag: String,
 }
 
 /// A message written `queued` by a batch: what the SMS dispatcher needs to schedule it
@@ -62,8 +65,9 @@ pub struct Pending {
     pub reply: oneshot::Sender<Result<WriteReply, StoreError>>,
 }
 
-/// The PostgreSQL channel each committed batch notifies (payload `first-last`), so that
-/// every instance's live feed reads the new events at once (see `live::feed`).
+/// The PostgreSQL channel each committed batch notifies (payload `first-last/tag`, the tag
+/// naming the instance), so that every instance's live feed reads the new events at once
+/// (see `live::feed`).
 pub const EVENTS_CHANNEL: &str = "duka_events";
 
 /// The longest one batch may take, commit included.
@@ -403,7 +407,12 @@ impl<'a> Batch<'a> {
             .await?;
             if backend == DbBackend::Postgres {
                 // Delivered at commit, to every instance's listener (this one's too).
-                let payload = format!("{}-{}", self.first_seq, self.next_seq - 1);
+                let payload = format!(
+                    "{}-{}/{}",
+                    self.first_seq,
+                    self.next_seq - 1,
+                    self.cfg.notify_tag
+                );
                 txn.execute_raw(Statement::from_sql_and_values(
                     backend,
                     "SELECT pg_notify($1, $2)",

@@ -7,6 +7,8 @@
 //!   loadgen read    --url U --token T --path P --concurrency C --duration S   (P may hold {id})
 //!   loadgen fanout  --url U --token T --customers N --subscribers N --rate R --duration S
 //!                   [--pid PID] [--sources K]
+//!   loadgen cross   --url A --watch B --token T --customers N --rate R --duration S
+//!                   orders POSTed to instance A, received live on instance B
 //!   loadgen sqlite-direct --db FILE --customers N --concurrency C --duration S [--per-tx K]
 
 use futures_util::StreamExt;
@@ -154,6 +156,7 @@ async fn main() {
             "create" => create(&args).await,
             "read" => read(&args).await,
             "fanout" => fanout(&args).await,
+            "cross" => cross(&args).await,
             "sqlite-direct" => sqlite_direct(&args).await,
             other => Err(format!("unknown command {other}").into()),
         },
@@ -465,6 +468,118 @@ async fn subscribe(
     }
     let seq = field_i64(&text, "\"seq\":").ok_or("hello without seq")?;
     Ok((ws, seq))
+}
+
+/// Cross-instance delivery: one subscriber on instance B (`--watch`), orders POSTed to
+/// instance A (`--url`) at a steady rate; for every order, the time from its POST being sent
+/// (and from A's 201) to its `order.created` frame arriving on B. The frames must also come
+/// in seq order with no gap.
+async fn cross(a: &Args) -> Result<Value, AnyError> {
+    let url = a.str("url")?;
+    let watch = a.str("watch")?;
+    loopback_only(&url)?;
+    loopback_only(&watch)?;
+    let token = a.str("token")?;
+    let customers: u64 = a.num("customers", None)?;
+    let rate: f64 = a.num("rate", None)?;
+    let duration = a.duration()?;
+    let offset: u64 = a.num("offset", Some(0))?;
+    let server: SocketAddr = watch
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| "--watch must be http://IP:PORT")?;
+    let planned = (rate * duration.as_secs_f64()).ceil() as u64;
+    let (mut ws, hello) = subscribe(server, Ipv4Addr::LOCALHOST, &token).await?;
+    let epoch = Instant::now();
+    let sent_us: Arc<Vec<AtomicU64>> = Arc::new((0..planned).map(|_| AtomicU64::new(0)).collect());
+    let acked_us: Arc<Vec<AtomicU64>> = Arc::new((0..planned).map(|_| AtomicU64::new(0)).collect());
+    let reader = {
+        let (sent_us, acked_us) = (sent_us.clone(), acked_us.clone());
+        tokio::spawn(async move {
+            let (mut from_send, mut from_ack) = (histogram(), histogram());
+            let (mut seen, mut gaps, mut last) = (0u64, 0u64, hello);
+            let deadline = Instant::now() + Duration::from_secs_f64(duration.as_secs_f64() + 10.0);
+            while seen < planned && Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Ok(Some(Ok(msg))) = tokio::time::timeout(left, ws.next()).await else {
+                    break;
+                };
+                let Ok(text) = msg.into_text() else { continue };
+                let Some(seq) = field_i64(&text, "\"seq\":") else {
+                    continue;
+                };
+                if seq != last + 1 {
+                    gaps += 1;
+                }
+                last = seq;
+                if !text.contains("\"order.created\"") {
+                    continue;
+                }
+                let Some(k) = field_i64(&text, "\"item\":\"bench #") else {
+                    continue;
+                };
+                let Some(i) = (k as u64).checked_sub(offset).filter(|i| *i < planned) else {
+                    continue;
+                };
+                let now = epoch.elapsed().as_micros() as u64;
+                let sent = sent_us[i as usize].load(Ordering::Relaxed);
+                from_send.saturating_record(now.saturating_sub(sent).max(1));
+                let acked = acked_us[i as usize].load(Ordering::Relaxed);
+                if acked > 0 {
+                    from_ack.saturating_record(now.saturating_sub(acked).max(1));
+                }
+                seen += 1;
+            }
+            (from_send, from_ack, seen, gaps)
+        })
+    };
+    let http = client(8)?;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for i in 0..planned {
+        let due = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let (http, url, token, sent_us, acked_us) = (
+            http.clone(),
+            url.clone(),
+            token.clone(),
+            sent_us.clone(),
+            acked_us.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            sent_us[i as usize].store(epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+            let r = http
+                .post(format!("{url}/api/v1/orders"))
+                .bearer_auth(&token)
+                .json(&order_body(offset + i, customers))
+                .send()
+                .await;
+            let ok = matches!(&r, Ok(r) if r.status().as_u16() == 201);
+            if ok {
+                acked_us[i as usize].store(epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            ok
+        }));
+    }
+    let mut errors = 0u64;
+    for t in tasks {
+        if !t.await? {
+            errors += 1;
+        }
+    }
+    let (from_send, from_ack, seen, gaps) = reader.await?;
+    let mut out = json!({
+        "kind": "cross", "planned": planned, "errors": errors, "received": seen,
+        "missed": planned.saturating_sub(errors).saturating_sub(seen), "gaps": gaps,
+        "rate": rate,
+    });
+    merge(
+        &mut out,
+        json!({"from_send": summary(&from_send), "from_201": summary(&from_ack)}),
+    );
+    Ok(out)
 }
 
 /// N WebSocket subscribers; orders POSTed at a steady rate; each subscriber checks `seq`
