@@ -14,6 +14,7 @@ mod api;
 mod audit;
 mod auth;
 mod cli;
+mod cluster_start;
 mod dashboard;
 mod live;
 mod ops;
