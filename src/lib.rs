@@ -43,6 +43,8 @@ pub struct Duka {
     pub generated_token: Option<String>,
     server: actix_web::dev::Server,
     sms_drain: Duration,
+    /// On SQLite, this process's claim on the database file, released when the service ends.
+    _sqlite_lock: Option<store::sqlite_lock::SqliteLock>,
 }
 
 impl Duka {
@@ -119,14 +121,31 @@ fn log_locations(settings: &Settings) {
     }
 }
 
-/// Opens the database and applies pending migrations.
-pub async fn migrate(settings: &Settings) -> Result<(), StartError> {
+/// Opens the database and applies pending migrations (beside a running server too: it
+/// takes no SQLite lock). With `reset_session_key`, this instance's session key then
+/// becomes the deployment's (see `SessionKey::reset_for_deployment`).
+pub async fn migrate(settings: &Settings, reset_session_key: bool) -> Result<(), StartError> {
     tracing::info!(version = VERSION, "duka migrate");
     log_locations(settings);
     let db = store::connect(&settings.database)
         .await
         .map_err(StartError)?;
-    store::migrate(&db).await.map_err(StartError)
+    store::migrate(&db).await.map_err(StartError)?;
+    if reset_session_key {
+        let fingerprint = auth::session::SessionKey::reset_for_deployment(
+            &settings.auth.session_key,
+            &settings.data_dir,
+            &db,
+        )
+        .await
+        .map_err(StartError)?;
+        tracing::info!(
+            fingerprint = %fingerprint,
+            "this session key is now the deployment's: sessions signed with the old one no \
+             longer work; start every instance with this auth.session_key"
+        );
+    }
+    Ok(())
 }
 
 fn write_config(settings: &Settings) -> WriteConfig {
@@ -164,6 +183,12 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         tracing::warn!("{warning}");
     }
     let open_files = raise_open_file_limit();
+    // Before the database is opened: a second server on the file must not touch it.
+    let sqlite_lock = settings
+        .sqlite_path()
+        .map(|path| store::sqlite_lock::acquire(&path))
+        .transpose()
+        .map_err(StartError)?;
     let db = store::connect(&settings.database)
         .await
         .map_err(StartError)?;
@@ -206,6 +231,13 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
             auth::Mode::Oidc(oidc)
         }
     };
+    let session_key = auth::session::SessionKey::load_for_deployment(
+        &settings.auth.session_key,
+        &settings.data_dir,
+        &db,
+    )
+    .await
+    .map_err(StartError)?;
     let retention =
         std::time::Duration::from_secs(u64::from(settings.audit.retention_days) * 86_400);
     store::maintenance::run(&db, retention).await;
@@ -226,15 +258,6 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     // every worker starts its own for its requests.
     let reader = Reader::new(db.clone()).start();
     let live_data = web::Data::new(live.clone());
-    let session_key =
-        auth::session::SessionKey::load(&settings.auth.session_key, &settings.data_dir).map_err(
-            |e| {
-                StartError(format!(
-                    "cannot keep the session key in {}: {e}",
-                    settings.data_dir.display()
-                ))
-            },
-        )?;
     let sessions = auth::session::Sessions::new(
         session_key,
         repo.clone(),
@@ -340,6 +363,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         generated_token,
         server: server.run(),
         sms_drain: Duration::from_secs(settings.sms.request_timeout_secs + 2),
+        _sqlite_lock: sqlite_lock,
     })
 }
 

@@ -21,7 +21,13 @@ enum Command {
     /// Run the service (the default).
     Serve,
     /// Apply database migrations and exit.
-    Migrate,
+    Migrate {
+        /// Then make this instance's session key (auth.session_key, or the one generated in
+        /// the data directory) the deployment's, after a deliberate change: everyone is
+        /// signed out, and instances with the old key refuse to start until given the new.
+        #[arg(long)]
+        reset_session_key: bool,
+    },
     /// Print the API token generated at first start (token mode without auth.tokens).
     Token,
     /// Work with the configuration.
@@ -61,7 +67,7 @@ struct WatchArgs {
 /// The commands that run inside the actix system and log as they go.
 enum Service {
     Serve,
-    Migrate,
+    Migrate { reset_session_key: bool },
     Watch(WatchArgs),
 }
 
@@ -157,7 +163,7 @@ fn main() -> ExitCode {
         Command::Token => return print_token(loaded),
         Command::Backup { path } => return backup(loaded, &path),
         Command::Serve => Service::Serve,
-        Command::Migrate => Service::Migrate,
+        Command::Migrate { reset_session_key } => Service::Migrate { reset_session_key },
         Command::Watch(args) => Service::Watch(args),
     };
     let settings = match loaded {
@@ -255,8 +261,8 @@ fn backup(loaded: Result<Settings, ConfigError>, path: &std::path::Path) -> Exit
 
 async fn run(service: Service, settings: Settings) -> Result<(), duka::StartError> {
     match service {
-        Service::Migrate => {
-            duka::migrate(&settings).await?;
+        Service::Migrate { reset_session_key } => {
+            duka::migrate(&settings, reset_session_key).await?;
             tracing::info!("migrations applied");
             Ok(())
         }

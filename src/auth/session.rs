@@ -40,6 +40,77 @@ impl SessionKey {
         Ok(Self(Sha256::digest(text.as_bytes()).into()))
     }
 
+    /// Names the key without revealing it: the first 16 hex digits of the SHA-256 of an
+    /// HMAC of a fixed label. Kept in the database, so that the instances of a deployment can
+    /// tell that they sign with the same key.
+    pub fn fingerprint(&self) -> String {
+        let tag = self
+            .mac("deployment fingerprint", b"duka session key")
+            .finalize()
+            .into_bytes();
+        let mut hex = hex::encode(Sha256::digest(tag));
+        hex.truncate(16);
+        hex
+    }
+
+    /// The key of this instance (see `load`), checked against the one the deployment uses:
+    /// the first instance to start records its fingerprint; an instance with another key
+    /// refuses to start, since its cookies would look forged on every other instance and
+    /// theirs on it. The error is the message to stop the start with.
+    pub async fn load_for_deployment(
+        configured: &str,
+        data_dir: &Path,
+        db: &impl sea_orm::ConnectionTrait,
+    ) -> Result<Self, String> {
+        use crate::store::deployment::{KeyCheck, check_session_key};
+        let key = Self::load(configured, data_dir)
+            .map_err(|e| format!("cannot keep the session key in {}: {e}", data_dir.display()))?;
+        let ours = key.fingerprint();
+        match check_session_key(db, &ours).await {
+            Ok(KeyCheck::Recorded) => {
+                tracing::info!(
+                    fingerprint = %ours,
+                    "recorded this session key as the deployment's"
+                );
+                Ok(key)
+            }
+            Ok(KeyCheck::Same) => Ok(key),
+            Ok(KeyCheck::Differs(theirs)) => {
+                let source = if configured.is_empty() {
+                    format!(
+                        "none is configured, so this instance uses the key generated into {}",
+                        key_file(data_dir).display()
+                    )
+                } else {
+                    "this instance's is the one configured".to_string()
+                };
+                Err(format!(
+                    "auth.session_key: this instance's session key (fingerprint {ours}) is not                      the one the deployment uses (fingerprint {theirs}); {source}. Give every                      instance sharing the database the same auth.session_key. To change the                      key on purpose (everyone is signed out), run `duka migrate                      --reset-session-key` with the new key, then start every instance with it"
+                ))
+            }
+            Err(e) => Err(format!(
+                "cannot check the session key against the deployment's (has `duka migrate`                  run?): {e}"
+            )),
+        }
+    }
+
+    /// Makes this instance's key the deployment's (`duka migrate --reset-session-key`): the
+    /// sessions signed with the old key stop working, and instances still holding it refuse
+    /// to start until they are given the new one. Answers the new fingerprint.
+    pub async fn reset_for_deployment(
+        configured: &str,
+        data_dir: &Path,
+        db: &impl sea_orm::ConnectionTrait,
+    ) -> Result<String, String> {
+        let key = Self::load(configured, data_dir)
+            .map_err(|e| format!("cannot keep the session key in {}: {e}", data_dir.display()))?;
+        let fingerprint = key.fingerprint();
+        crate::store::deployment::reset_session_key(db, &fingerprint)
+            .await
+            .map_err(|e| format!("cannot record the session key: {e}"))?;
+        Ok(fingerprint)
+    }
+
     fn mac(&self, purpose: &str, payload: &[u8]) -> Hmac<Sha256> {
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
@@ -247,6 +318,16 @@ mod tests {
         assert_eq!(key.open("session", &format!("{other}.{tag}")), None);
         assert_eq!(key.open("session", payload), None);
         assert_eq!(key.open("session", ""), None);
+    }
+
+    #[test]
+    fn the_fingerprint_names_the_key_without_showing_it() {
+        let a = SessionKey([7; 32]).fingerprint();
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(a, SessionKey([7; 32]).fingerprint());
+        assert_ne!(a, SessionKey([8; 32]).fingerprint());
+        assert!(!hex::encode([7u8; 32]).contains(&a));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod batch;
+pub mod deployment;
 pub mod entities;
 pub mod error;
 pub mod gauges;
@@ -12,6 +13,7 @@ pub mod reader;
 pub mod reads;
 pub mod reports;
 pub mod repository;
+pub mod sqlite_lock;
 pub mod views;
 
 pub use error::StoreError;
@@ -21,12 +23,25 @@ pub use repository::Repository;
 use crate::config::Database as DbSettings;
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, DatabaseConnection};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait,
+};
 use std::path::Path;
 use std::time::Duration;
 
 /// The longest any single statement may run on PostgreSQL.
 const STATEMENT_TIMEOUT_SECS: u64 = 30;
+/// The longest a PostgreSQL transaction may sit idle: an instance that stalls inside a batch
+/// (a stopped process, a frozen VM) would otherwise hold the event counter's row lock, and
+/// with it every instance's writes, until its connection dies.
+const IDLE_IN_TRANSACTION_TIMEOUT_SECS: u64 = 30;
+
+/// PostgreSQL advisory lock keys, one per thing the instances of a deployment take turns
+/// at. All are "duka" in ASCII followed by a number, so that they do not collide with
+/// another application's keys on a shared server.
+pub const MIGRATION_LOCK_KEY: i64 = 0x6475_6b61_0000_0001;
+/// Held (tried, never waited for) by the instance running the maintenance pass.
+pub const MAINTENANCE_LOCK_KEY: i64 = 0x6475_6b61_0000_0002;
 /// SQLite's page cache per connection, in KiB (SQLite's default is 2,000).
 const SQLITE_CACHE_KIB: u32 = 1024;
 /// Prepared statements kept per SQLite connection (sqlx's default is 100).
@@ -67,21 +82,74 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, String
         })
         // A lock held elsewhere must not stall the single writer forever: past the timeout
         // the statement fails and the request answers 503 (see `error::is_unavailable`).
+        // A setting the URL already gives (`?options=-c statement_timeout=60s`) is kept.
         .map_sqlx_postgres_opts(move |o| {
-            o.options([
-                ("lock_timeout", format!("{}s", busy_timeout.as_secs())),
-                ("statement_timeout", format!("{}s", STATEMENT_TIMEOUT_SECS)),
-            ])
+            let given = o.get_options().unwrap_or_default().to_string();
+            o.options(
+                [
+                    ("lock_timeout", busy_timeout.as_secs()),
+                    ("statement_timeout", STATEMENT_TIMEOUT_SECS),
+                    (
+                        "idle_in_transaction_session_timeout",
+                        IDLE_IN_TRANSACTION_TIMEOUT_SECS,
+                    ),
+                ]
+                .into_iter()
+                .filter(|(name, _)| !given.contains(&format!("{name}=")))
+                .map(|(name, secs)| (name, format!("{secs}s"))),
+            )
         });
     sea_orm::Database::connect(options)
         .await
         .map_err(|e| format!("cannot connect to the database at {}: {e}", redact(url)))
 }
 
+/// Applies the pending migrations. On PostgreSQL they run in one transaction holding an
+/// advisory lock, so that instances starting together take turns: the first applies them,
+/// the others wait, then find nothing left to do. DDL is transactional there, so a failed
+/// migration leaves the schema as it was. SQLite has one process per database file (see
+/// `sqlite_lock`) and applies them as sea-orm-migration does.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), String> {
-    Migrator::up(db, None)
+    let failed = |e: sea_orm::DbErr| format!("database migration failed: {e}");
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None).await.map_err(failed);
+    }
+    let txn = db.begin().await.map_err(failed)?;
+    // Waiting for another instance's migrations, and the migrations themselves (a backfill
+    // of a large table), may take longer than any request may.
+    txn.execute_unprepared("SET LOCAL statement_timeout = 0")
         .await
-        .map_err(|e| format!("database migration failed: {e}"))
+        .map_err(failed)?;
+    txn.execute_unprepared("SET LOCAL lock_timeout = 0")
+        .await
+        .map_err(failed)?;
+    let key = [MIGRATION_LOCK_KEY.into()];
+    let tried = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_try_advisory_xact_lock($1) AS locked",
+        key.clone(),
+    );
+    let locked = match txn.query_one_raw(tried).await.map_err(failed)? {
+        Some(row) => row.try_get::<bool>("", "locked").map_err(failed)?,
+        None => false,
+    };
+    if !locked {
+        tracing::info!("another instance is applying the migrations: waiting for it");
+        let wait = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            key,
+        );
+        txn.execute_raw(wait).await.map_err(failed)?;
+    }
+    // The DDL itself waits for table locks no longer than any other statement does: a
+    // migration stuck behind a long transaction fails the start instead of stalling
+    // everything queued behind its lock.
+    txn.execute_unprepared("SET LOCAL lock_timeout TO DEFAULT")
+        .await
+        .map_err(failed)?;
+    Migrator::up(&txn, None).await.map_err(failed)?;
+    txn.commit().await.map_err(failed)
 }
 
 /// The file of a `sqlite:` URL, if it names one.
