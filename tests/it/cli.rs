@@ -1203,3 +1203,48 @@ async fn the_container_settings_alone_start_duka_on_postgresql() {
         }
     }
 }
+
+/// A log nobody reads any more (its pipe's reader went away, as with `duka serve | head`)
+/// does not take the server down: requests are still answered.
+#[tokio::test]
+async fn serve_survives_a_closed_log_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = duka(dir.path())
+        .arg("serve")
+        .env("DUKA__HTTP__BIND", format!("127.0.0.1:{port}"))
+        .env("DUKA__DATABASE__URL", db.url())
+        .env("DUKA__AUTH__TOKENS", format!("[\"{TOKEN}\"]"))
+        .env("DUKA__DATA_DIR", dir.path().join("data"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{url}/healthz")).send().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "duka did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nobody reads its log from here on.
+    drop(child.stderr.take());
+    for _ in 0..20 {
+        let r = client
+            .get(format!("{url}/api/v1/customers"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("duka still answers");
+        assert_eq!(r.status(), 200);
+    }
+    assert!(child.try_wait().unwrap().is_none(), "duka exited");
+    let _ = child.kill();
+    let _ = child.wait();
+}
