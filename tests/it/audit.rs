@@ -66,23 +66,17 @@ async fn every_event_names_its_actor_and_an_orders_history_outlives_it() {
             .request(method, format!("{}{path}", app.url))
             .bearer_auth(WANJIKU)
     };
-    let customer: Value = as_wanjiku(Method::POST, "/api/v1/customers")
-        .json(&json!({"name": "Amina", "phone": unique_phone()}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let customer = json_of(
+        as_wanjiku(Method::POST, "/api/v1/customers")
+            .json(&json!({"name": "Amina", "phone": unique_phone()})),
+    )
+    .await;
     let cid = s(&customer["id"]).to_string();
-    let order: Value = as_wanjiku(Method::POST, "/api/v1/orders")
-        .json(&json!({"customer_id": cid, "item": "Laptop", "amount": "1200.00"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order = json_of(
+        as_wanjiku(Method::POST, "/api/v1/orders")
+            .json(&json!({"customer_id": cid, "item": "Laptop", "amount": "1200.00"})),
+    )
+    .await;
     let oid = s(&order["id"]).to_string();
     let sent = wait_notifications(&app, &oid, |l| all_have_status(l, "sent")).await;
     let provider_id = s(&sent[0]["provider_message_id"]).to_string();

@@ -201,16 +201,12 @@ async fn token_entries_name_their_principal_and_role() {
         .and_then(|v| v.split(';').next())
         .unwrap()
         .to_string();
-    let me: Value = app
-        .client
-        .get(format!("{}/auth/me", app.url))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = json_of(
+        app.client
+            .get(format!("{}/auth/me", app.url))
+            .header("cookie", &cookie),
+    )
+    .await;
     assert_eq!(
         (&me["role"], &me["name"]),
         (&json!("viewer"), &json!("Front desk"))
@@ -235,16 +231,12 @@ async fn token_entries_name_their_principal_and_role() {
 async fn the_generated_token_is_an_admin() {
     let app = spawn_app_with(|s| s.auth.tokens.clear()).await;
     let token = std::fs::read_to_string(app.data_dir.path().join("api-token")).unwrap();
-    let me: Value = app
-        .client
-        .get(format!("{}/auth/me", app.url))
-        .bearer_auth(token.trim())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = json_of(
+        app.client
+            .get(format!("{}/auth/me", app.url))
+            .bearer_auth(token.trim()),
+    )
+    .await;
     assert_eq!(me["role"], "admin");
 }
 
@@ -262,15 +254,7 @@ async fn a_token_entry_with_an_unknown_role_stops_the_start_naming_it() {
 #[tokio::test]
 async fn the_openapi_document_names_each_operations_role() {
     let app = spawn_app().await;
-    let doc: Value = app
-        .client
-        .get(format!("{}/api/v1/openapi.json", app.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = json_of(app.client.get(format!("{}/api/v1/openapi.json", app.url))).await;
     for (method, path, role) in duka::http::api_routes().api.roles() {
         let op = &doc["paths"][&path][method.as_str().to_lowercase()];
         let role = role.unwrap();

@@ -354,6 +354,17 @@ pub fn merge(base: &mut Value, extra: Value) {
     }
 }
 
+/// Sends `request` and reads its JSON answer.
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request
+        .send()
+        .await
+        .expect("the request is answered")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
 /// Asserts an RFC 9457 problem with `status`, naming `fields` in `errors`; returns the body.
 pub async fn assert_problem(r: Response, status: u16, fields: &[&str]) -> Value {
     let got = r.status().as_u16();
