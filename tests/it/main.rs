@@ -14,6 +14,7 @@ mod api;
 mod audit;
 mod auth;
 mod cli;
+mod cluster_sms;
 mod dashboard;
 mod live;
 mod ops;
