@@ -233,8 +233,10 @@ pub struct Sms {
     /// First retry delay; doubled per attempt (with jitter) up to `retry_max_ms`.
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
-    /// How long a claimed (`sending`) message belongs to this instance; after that a
-    /// restarted or other instance may send it again.
+    /// The SMS sender lease: one instance sends at a time, renewing its lease every
+    /// quarter of this; when it stops, another instance takes over (with the messages it
+    /// was sending) this long after its last renewal. A restarted instance takes over its
+    /// own lease at once.
     pub lease_secs: u64,
     /// Messages handed to the provider at the same time.
     pub concurrency: u32,
@@ -422,7 +424,7 @@ impl Default for Sms {
             request_timeout_secs: 10,
             retry_base_ms: 2000,
             retry_max_ms: 300_000,
-            lease_secs: 60,
+            lease_secs: 10,
             concurrency: 8,
             default_region: "KE".into(),
             notify_on: vec![NotifyOn::Created],
@@ -894,12 +896,11 @@ impl Settings {
                 "must be at least sms.retry_base_ms",
             ));
         }
-        // A lease shorter than one provider request would let a second sender take a
-        // message that is still being sent.
-        if self.sms.lease_secs <= self.sms.request_timeout_secs {
+        // Renewed every quarter of it: below 2 s a renewal barely has time to answer.
+        if self.sms.lease_secs < 2 {
             return Err(key_error(
                 "sms.lease_secs",
-                "must be longer than sms.request_timeout_secs",
+                "must be at least 2 (the SMS sender renews its lease every quarter of it)",
             ));
         }
         if self.sms.enabled && self.sms.provider == SmsProviderKind::Africastalking {
@@ -1207,8 +1208,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("sms.templates.created:"), "{err}");
-        let err = from_toml("[sms]\nlease_secs = 10").unwrap_err().to_string();
+        let err = from_toml("[sms]\nlease_secs = 1").unwrap_err().to_string();
         assert!(err.starts_with("sms.lease_secs:"), "{err}");
+        // The sender lease is not tied to the provider's timeout.
+        from_toml("[sms]\nlease_secs = 2\nrequest_timeout_secs = 30").unwrap();
         let err = from_toml("[sms]\nretry_base_ms = 500\nretry_max_ms = 100")
             .unwrap_err()
             .to_string();

@@ -69,7 +69,9 @@ impl Duka {
                 .await
                 .is_err()
         {
-            tracing::warn!("stopped with SMS sends in flight; they are retried after their lease");
+            tracing::warn!(
+                "stopped with SMS sends in flight; the next SMS sender sends them again"
+            );
         }
         result
     }
@@ -272,9 +274,18 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
 
     let sms = if settings.sms.enabled {
         let provider = sms::provider_from(&settings.sms).map_err(StartError)?;
+        let me = sms::lease::Identity::load(&settings.data_dir).map_err(|e| {
+            StartError(format!(
+                "cannot keep the instance id in {}: {e}",
+                settings.data_dir.display()
+            ))
+        })?;
+        tracing::info!(instance = me.short(), boot = %me.boot, "SMS dispatcher");
         let dispatcher = sms::SmsDispatcher::new(
             repo.clone(),
             reader.clone(),
+            db.clone(),
+            me,
             provider,
             (&settings.sms).into(),
         );

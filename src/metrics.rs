@@ -14,6 +14,8 @@ pub const ORDERS_CREATED: &str = "duka_orders_created_total";
 pub const EVENTS_PUBLISHED: &str = "duka_events_published_total";
 pub const SMS: &str = "duka_sms_total";
 pub const SMS_QUEUE_DEPTH: &str = "duka_sms_queue_depth";
+pub const SMS_SENDER: &str = "duka_sms_sender";
+pub const SMS_LOST_LEASE: &str = "duka_sms_lost_lease_total";
 pub const WS_CONNECTIONS: &str = "duka_websocket_connections";
 pub const LIVE_FEED_LAG: &str = "duka_live_feed_lag_seconds";
 pub const LIVE_HOLES_FILLED: &str = "duka_live_holes_filled_total";
@@ -74,6 +76,15 @@ fn describe() {
     describe_counter!(EVENTS_PUBLISHED, "Events committed and published, by type");
     describe_counter!(SMS, "SMS notifications by resulting status");
     describe_gauge!(SMS_QUEUE_DEPTH, "SMS notifications waiting to be sent");
+    describe_gauge!(
+        SMS_SENDER,
+        "1 while this instance holds the SMS sender lease (one instance sends at a time), else 0"
+    );
+    describe_counter!(
+        SMS_LOST_LEASE,
+        "SMS send outcomes not recorded because the message no longer carried the claim they \
+         were made under (a newer sender took it over, or the message was deleted)"
+    );
     describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections");
     describe_gauge!(
         LIVE_FEED_LAG,
@@ -91,6 +102,8 @@ fn describe() {
     // Series without labels are shown from the start (at 0), not from their first change.
     counter!(ORDERS_CREATED).increment(0);
     gauge!(SMS_QUEUE_DEPTH).increment(0.0);
+    gauge!(SMS_SENDER).increment(0.0);
+    counter!(SMS_LOST_LEASE).increment(0);
     gauge!(WS_CONNECTIONS).increment(0.0);
     gauge!(LIVE_FEED_LAG).increment(0.0);
     counter!(LIVE_HOLES_FILLED).increment(0);
@@ -151,6 +164,16 @@ pub fn sms_status(status: &str, n: u64) {
 /// Notifications currently waiting to be sent.
 pub fn sms_queue_depth(depth: u64) {
     gauge!(SMS_QUEUE_DEPTH).set(depth as f64);
+}
+
+/// Whether this instance is the SMS sender now.
+pub fn sms_sender(holds: bool) {
+    gauge!(SMS_SENDER).set(if holds { 1.0 } else { 0.0 });
+}
+
+/// Send outcomes refused because their message's claim had moved on.
+pub fn sms_lost_lease(n: u64) {
+    counter!(SMS_LOST_LEASE).increment(n);
 }
 
 /// How often the SMS queue depth is read from the database.

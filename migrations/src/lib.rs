@@ -7,6 +7,7 @@ mod m20261122_000002_sessions;
 mod m20261201_000003_stats_index;
 mod m20261201_000004_notification_resend;
 mod m20261202_000005_audit;
+mod m20261202_000006_sms_sender;
 mod m20261202_000007_deployment;
 
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000003_stats_index::Migration),
             Box::new(m20261201_000004_notification_resend::Migration),
             Box::new(m20261202_000005_audit::Migration),
+            Box::new(m20261202_000006_sms_sender::Migration),
             Box::new(m20261202_000007_deployment::Migration),
         ]
     }

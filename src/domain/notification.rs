@@ -46,8 +46,8 @@ impl NotificationStatus {
     /// The statuses a message in this status may move to. A message is claimed
     /// (`queued` -> `sending`), sent or given back for a retry (`sending` -> `sent` |
     /// `queued` | `failed`), and moved by the provider's delivery report (`sent` ->
-    /// `delivered` | `failed`). `sending` -> `sending` is a claim taken over after the
-    /// previous sender's lease ran out. `delivered` and `failed` are final.
+    /// `delivered` | `failed`). `sending` -> `sending` is a claim taken over from a sender
+    /// that is gone (an older sender epoch). `delivered` and `failed` are final.
     pub fn next(self) -> &'static [Self] {
         match self {
             Self::Queued => &[Self::Sending],

@@ -1,26 +1,39 @@
 //! The SmsDispatcher actor drains the outbox: `queued` notification rows, written in the
 //! same transaction as the order they are about.
 //!
-//! It learns of new rows from the Repository after each commit (`SmsQueued`: id, phone and
-//! due time, so nothing is read back) and, at start and every `SWEEP_EVERY`, from the table
-//! itself: `queued` rows that are due and `sending` rows whose lease expired (their sender
-//! crashed). So a crash loses nothing; at worst a message whose sender died mid-request is
-//! sent again after its lease.
+//! One instance of the deployment sends at a time: the holder of the sender lease (see
+//! `lease`), which every dispatcher tries to take or renew every quarter of
+//! `sms.lease_secs`. The others keep trying and otherwise idle, so the governor limits
+//! below are the deployment's. A dispatcher that becomes the sender searches the table at
+//! once: its messages are the `queued` rows that are due and every `sending` row it is not
+//! sending itself (claimed under an older epoch, their sender is dead or fenced off). So a
+//! restarted instance sends again what it had in hand within a second or two, and another
+//! instance takes over a dead sender's messages once its lease has run out.
+//!
+//! The sender learns of new rows from its Repository after each commit (`SmsQueued`: id,
+//! phone and due time, so nothing is read back) and from the table: every `SWEEP_EVERY`,
+//! and on PostgreSQL (where other instances take orders too) every `POLL_EVERY` while it
+//! has little in hand.
 //!
 //! The bookkeeping is done in bulk, so that SMS never competes with order taking for the
 //! single writer: messages that may go now (the per-recipient and global limits allow
-//! them, and at most `sms.concurrency` are in hand) are claimed with one write; each is
-//! handed to the provider outside any transaction; the outcomes that have come back are
-//! recorded with one write. While a claim or a record write is in flight, the next ones
-//! gather, so the number of writes per message falls as the load rises.
+//! them, and at most `sms.concurrency` are in hand) are claimed with one write, fenced by
+//! the lease; each is handed to the provider outside any transaction, and only while the
+//! lease it was claimed under still holds; the outcomes that have come back are recorded
+//! with one write, each only if its message still carries its claim's token. While a claim
+//! or a record write is in flight, the next ones gather, so the number of writes per
+//! message falls as the load rises.
 
+use super::lease::{self, Identity};
 use super::{SendError, SmsProvider};
 use crate::config::Sms;
 use crate::domain::event;
 use crate::domain::phone::mask;
 use crate::domain::time::Timestamp;
 use crate::store::batch::QueuedSms;
-use crate::store::ops::{ClaimedSms, SendOutcome, SendRecord, WriteOp, WriteReply};
+use crate::store::ops::{
+    Claim, ClaimedSms, SendOutcome, SendRecord, SenderTerm, WriteOp, WriteReply,
+};
 use crate::store::reader::DueNotifications;
 use crate::store::repository::{SmsQueued, Write};
 use crate::store::{Reader, Repository, StoreError};
@@ -28,15 +41,19 @@ use actix::prelude::*;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rand::Rng;
+use sea_orm::{DatabaseConnection, DbBackend};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-/// How often the table is searched for due and abandoned messages.
+/// How often the sender searches the table for due and abandoned messages.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// On PostgreSQL, how often the sender looks for messages that other instances queued,
+/// while it has little ready to send.
+const POLL_EVERY: Duration = Duration::from_secs(1);
 /// The most messages kept in memory; the rest wait in the table for a later sweep.
 const MAX_TRACKED: usize = 10_000;
 /// The most rows one sweep loads.
@@ -44,7 +61,7 @@ const SWEEP_LIMIT: usize = 1_000;
 /// How often idle per-recipient limiter entries are dropped.
 const RETAIN_EVERY: Duration = Duration::from_secs(60);
 /// Attempts at recording outcomes while the database is unavailable; after that the
-/// messages are sent again once their lease runs out.
+/// messages stay `sending` and a later sweep (of this sender or the next) sends them again.
 const RECORD_TRIES: u32 = 6;
 
 #[derive(Debug, Clone)]
@@ -52,6 +69,8 @@ pub struct DispatchConfig {
     pub max_attempts: u32,
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// The sender lease (`sms.lease_secs`): another instance may take over this long after
+    /// the sender last renewed it.
     pub lease: Duration,
     pub concurrency: usize,
     pub rate_per_second: u32,
@@ -88,22 +107,60 @@ impl DispatchConfig {
         let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
         half + Duration::from_millis(rand::rng().random_range(0..=jitter_ms))
     }
+
+    /// How often the lease is taken or renewed: three tries before it could run out.
+    fn renew_every(&self) -> Duration {
+        (self.lease / 4).max(Duration::from_millis(100))
+    }
+
+    /// How long after sending a lease statement this process may act on its answer. The
+    /// database grants the lease from when it runs the statement, which is later; a fifth
+    /// is kept back besides, so that no send starts just before the lease could lapse.
+    fn trust(&self) -> Duration {
+        self.lease - self.lease / 5
+    }
 }
 
 fn nonzero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
+/// This process holds the sender lease with `epoch`, as far as it knows until `until`.
+#[derive(Debug, Clone, Copy)]
+struct Term {
+    epoch: i64,
+    until: Instant,
+}
+
+/// What a lease statement came to.
+enum LeaseAnswer {
+    Held(i64),
+    /// Another process holds it (as the database said just after).
+    Other(Option<lease::Holder>),
+    Failed(String),
+}
+
 pub struct SmsDispatcher {
     repo: Addr<Repository>,
     reader: Addr<Reader>,
+    db: DatabaseConnection,
+    me: Arc<Identity>,
     provider: Arc<dyn SmsProvider>,
     cfg: Arc<DispatchConfig>,
     global: DefaultDirectRateLimiter,
     per_recipient: DefaultKeyedRateLimiter<String>,
+    /// `Some` while this process is the sender.
+    term: Option<Term>,
+    acquiring: bool,
+    /// Lease statements failed in a row (the first is a warning, the rest are quieter).
+    lease_failures: u32,
+    /// The other instance last seen holding the lease (for the log).
+    other_holder: Option<String>,
     /// Due now, in order.
     ready: VecDeque<QueuedSms>,
-    /// Every message this dispatcher holds: ready, waiting for its time, or in hand.
+    /// Every message this dispatcher holds: ready, waiting for its time, or in hand. A
+    /// message being sent stays here until its outcome is recorded, so that no sweep (of
+    /// this term or a later one) takes it again meanwhile.
     known: HashSet<Uuid>,
     /// Messages being claimed, sent, or waiting for their outcome to be recorded.
     in_flight: usize,
@@ -130,6 +187,8 @@ impl SmsDispatcher {
     pub fn new(
         repo: Addr<Repository>,
         reader: Addr<Reader>,
+        db: DatabaseConnection,
+        me: Identity,
         provider: Arc<dyn SmsProvider>,
         cfg: DispatchConfig,
     ) -> Self {
@@ -139,10 +198,16 @@ impl SmsDispatcher {
         Self {
             repo,
             reader,
+            db,
+            me: Arc::new(me),
             provider,
             cfg: Arc::new(cfg),
             global: RateLimiter::direct(global),
             per_recipient: RateLimiter::keyed(per_recipient),
+            term: None,
+            acquiring: false,
+            lease_failures: 0,
+            other_holder: None,
             ready: VecDeque::new(),
             known: HashSet::new(),
             in_flight: 0,
@@ -157,19 +222,153 @@ impl SmsDispatcher {
         }
     }
 
-    /// Takes a message in hand unless it is already held (or too many are).
+    /// The epoch this process may claim and send under now, if it is the sender.
+    fn epoch(&self) -> Option<i64> {
+        self.term
+            .filter(|t| Instant::now() < t.until)
+            .map(|t| t.epoch)
+    }
+
+    /// Takes or renews the sender lease, with one statement.
+    fn acquire(&mut self, ctx: &mut Context<Self>) {
+        if self.acquiring || self.stopping {
+            return;
+        }
+        self.acquiring = true;
+        let sent = Instant::now();
+        let (db, me, lease) = (self.db.clone(), self.me.clone(), self.cfg.lease);
+        let answer = async move {
+            let attempt = async {
+                match lease::acquire(&db, &me, lease).await {
+                    Ok(Some(epoch)) => LeaseAnswer::Held(epoch),
+                    Ok(None) => LeaseAnswer::Other(lease::holder(&db).await.ok().flatten()),
+                    Err(e) => LeaseAnswer::Failed(e.to_string()),
+                }
+            };
+            tokio::time::timeout(lease / 2, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    LeaseAnswer::Failed("the database did not answer in time".into())
+                })
+        };
+        ctx.spawn(answer.into_actor(self).map(move |answer, act, ctx| {
+            act.acquiring = false;
+            act.lease_answered(answer, sent, ctx);
+        }));
+    }
+
+    fn lease_answered(&mut self, answer: LeaseAnswer, sent: Instant, ctx: &mut Context<Self>) {
+        match answer {
+            LeaseAnswer::Held(epoch) => {
+                if self.lease_failures > 0 {
+                    tracing::info!("the SMS sender lease answers again");
+                }
+                self.lease_failures = 0;
+                if self.stopping {
+                    // Drain gives the lease up once the sends in flight are done.
+                    return;
+                }
+                let until = sent + self.cfg.trust();
+                let renewed = self.term.is_some_and(|t| t.epoch == epoch);
+                // While the lease was not trusted, messages queued here were left to the
+                // table: look for them now.
+                let lapsed = self.term.is_none_or(|t| Instant::now() >= t.until);
+                if !renewed {
+                    // Whatever the last term had in hand (not yet claimed) is let go.
+                    self.step_down();
+                    tracing::info!(
+                        instance = self.me.short(),
+                        epoch,
+                        "this instance is now the SMS sender"
+                    );
+                    self.other_holder = None;
+                }
+                self.term = Some(Term { epoch, until });
+                crate::metrics::sms_sender(true);
+                if lapsed || !renewed {
+                    // A new term: what the last sender left, due messages and those it was
+                    // sending.
+                    self.sweep(ctx);
+                }
+                self.pump(ctx);
+            }
+            LeaseAnswer::Other(holder) => {
+                self.lease_failures = 0;
+                if let Some(term) = self.term {
+                    tracing::warn!(
+                        epoch = term.epoch,
+                        "this instance is no longer the SMS sender: another took the lease over"
+                    );
+                    self.step_down();
+                }
+                if let Some(h) = holder
+                    && self.other_holder.as_deref() != Some(h.instance.as_str())
+                {
+                    tracing::info!(
+                        sender = lease::short(&h.instance),
+                        epoch = h.epoch,
+                        "another instance is the SMS sender"
+                    );
+                    self.other_holder = Some(h.instance);
+                }
+            }
+            LeaseAnswer::Failed(error) => {
+                self.lease_failures += 1;
+                if self.lease_failures == 1 {
+                    tracing::warn!(%error, "cannot take or renew the SMS sender lease; retrying");
+                } else {
+                    tracing::debug!(%error, "cannot take or renew the SMS sender lease");
+                }
+                self.check_lapse();
+            }
+        }
+    }
+
+    /// Stops being the sender once the lease may have run out unrenewed.
+    fn check_lapse(&mut self) {
+        if let Some(term) = self.term
+            && Instant::now() >= term.until
+        {
+            tracing::warn!(
+                epoch = term.epoch,
+                "the SMS sender lease was not renewed in time; sending stops until it is held again"
+            );
+            self.step_down();
+        }
+    }
+
+    /// Lets go of what is not in hand yet: another sender (or a later term) sends it.
+    fn step_down(&mut self) {
+        if self.term.take().is_some() {
+            crate::metrics::sms_sender(false);
+        }
+        for due in std::mem::take(&mut self.ready) {
+            self.known.remove(&due.id);
+        }
+    }
+
+    /// Takes a message in hand unless it is already held (or too many are), while this
+    /// process is the sender.
     fn track(&mut self, due: QueuedSms, ctx: &mut Context<Self>) {
-        if self.known.len() >= MAX_TRACKED || !self.known.insert(due.id) {
+        if self.epoch().is_none() || self.known.len() >= MAX_TRACKED || !self.known.insert(due.id) {
             return;
         }
         self.schedule(due, ctx);
     }
 
     fn schedule(&mut self, due: QueuedSms, ctx: &mut Context<Self>) {
+        if self.epoch().is_none() {
+            self.forget(due.id);
+            return;
+        }
         let wait = due.not_before - Timestamp::now().millis();
         match u64::try_from(wait) {
             Ok(ms) if ms > 0 => {
                 ctx.run_later(Duration::from_millis(ms), move |act, ctx| {
+                    if act.epoch().is_none() {
+                        act.forget(due.id);
+                        return;
+                    }
                     act.ready.push_back(due);
                     act.pump(ctx);
                 });
@@ -187,6 +386,9 @@ impl SmsDispatcher {
         if self.claiming || self.stopping {
             return;
         }
+        let Some(epoch) = self.epoch() else {
+            return;
+        };
         let mut take = Vec::new();
         while self.in_flight + take.len() < self.cfg.concurrency {
             let Some(due) = self.ready.pop_front() else {
@@ -223,36 +425,73 @@ impl SmsDispatcher {
         self.in_flight += take.len();
         let claim = WriteOp::ClaimSms {
             ids: take.iter().map(|d| d.id).collect(),
-            lease_until: later(self.cfg.lease),
+            sender: SenderTerm {
+                holder: self.me.instance.clone(),
+                boot: self.me.boot.clone(),
+                epoch,
+            },
         };
         ctx.spawn(
             self.repo
                 .send(Write::new(claim, event::Actor::sms()))
                 .into_actor(self)
-                .map(move |claimed, act, ctx| act.claimed(take, claimed, ctx)),
+                .map(move |claimed, act, ctx| act.claimed(take, epoch, claimed, ctx)),
         );
     }
 
     fn claimed(
         &mut self,
         asked: Vec<QueuedSms>,
+        epoch: i64,
         claimed: Result<Result<WriteReply, StoreError>, MailboxError>,
         ctx: &mut Context<Self>,
     ) {
         self.claiming = false;
         match claimed {
-            Ok(Ok(WriteReply::Claimed(claimed))) => {
+            Ok(Ok(WriteReply::Claimed(Claim { fenced: true, .. }))) => {
+                tracing::warn!(
+                    epoch,
+                    count = asked.len(),
+                    "claim refused: this instance does not hold the SMS sender lease with that epoch"
+                );
+                for due in asked {
+                    self.in_flight -= 1;
+                    self.forget(due.id);
+                }
+                if self.term.is_some_and(|t| t.epoch == epoch) {
+                    self.step_down();
+                }
+                self.acquire(ctx);
+            }
+            Ok(Ok(WriteReply::Claimed(Claim { taken, .. }))) => {
                 let mut by_id: HashMap<Uuid, ClaimedSms> =
-                    claimed.into_iter().map(|c| (c.id, c)).collect();
+                    taken.into_iter().map(|c| (c.id, c)).collect();
+                // A claim is acted on only in the term it was made in, while the lease
+                // still holds: a stalled process sends nothing it claimed before.
+                let go = self.epoch() == Some(epoch);
+                let mut held_back = 0;
                 for due in asked {
                     match by_id.remove(&due.id) {
-                        Some(sms) => self.send(due, sms, ctx),
-                        // Another sender has it, it was sent, failed or is gone.
+                        Some(sms) if go => self.send(due, sms, ctx),
+                        // Left `sending` under this epoch: the next sender takes it.
+                        Some(_) => {
+                            held_back += 1;
+                            self.in_flight -= 1;
+                            self.forget(due.id);
+                        }
+                        // Another claim has it, it was sent, failed or is gone.
                         None => {
                             self.in_flight -= 1;
                             self.forget(due.id);
                         }
                     }
+                }
+                if held_back > 0 {
+                    tracing::warn!(
+                        epoch,
+                        count = held_back,
+                        "claimed SMS not sent: the sender lease they were claimed under no longer holds"
+                    );
                 }
             }
             Ok(Err(e)) => {
@@ -310,10 +549,10 @@ impl SmsDispatcher {
         ctx: &mut Context<Self>,
     ) {
         self.recording = false;
-        let stored: HashSet<Uuid> = match recorded {
-            Ok(Ok(WriteReply::Recorded(ids))) => ids.into_iter().collect(),
+        let (stored, answered): (HashSet<Uuid>, bool) = match recorded {
+            Ok(Ok(WriteReply::Recorded(ids))) => (ids.into_iter().collect(), true),
             Ok(Err(e)) if e.is_infrastructure() && self.record_failures + 1 < RECORD_TRIES => {
-                // The leases keep other senders away meanwhile.
+                // The claims' tokens keep other senders' records away meanwhile.
                 self.record_failures += 1;
                 tracing::warn!(error = %e, count = sent.len(), "cannot record SMS outcomes yet");
                 let mut sent = sent;
@@ -325,17 +564,23 @@ impl SmsDispatcher {
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, count = sent.len(),
-                    "SMS outcomes lost; those messages are sent again after their lease");
-                HashSet::new()
+                    "SMS outcomes lost; those messages stay sending and are sent again later");
+                (HashSet::new(), false)
             }
-            Ok(Ok(_)) | Err(_) => HashSet::new(),
+            Ok(Ok(_)) | Err(_) => (HashSet::new(), false),
         };
         self.record_failures = 0;
+        let mut lost = 0;
         for Sent { due, record, next } in sent {
             self.in_flight -= 1;
             if !stored.contains(&record.id) {
-                tracing::warn!(notification = %record.id,
-                    "SMS outcome not recorded: the message no longer held this claim");
+                if answered {
+                    lost += 1;
+                    tracing::warn!(notification = %record.id, epoch = record.epoch,
+                        attempts = record.attempts,
+                        "SMS outcome not recorded: the message no longer carries this claim \
+                         (a newer sender took it over, or it was deleted)");
+                }
                 self.forget(due.id);
                 continue;
             }
@@ -350,6 +595,9 @@ impl SmsDispatcher {
                 ),
             }
         }
+        if lost > 0 {
+            crate::metrics::sms_lost_lease(lost);
+        }
         self.after_change(ctx);
     }
 
@@ -363,12 +611,12 @@ impl SmsDispatcher {
         self.record(ctx);
     }
 
-    /// Loads what the table holds for us: due messages and abandoned sends.
+    /// Loads what the table holds for the sender: due messages and abandoned sends.
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         let room = MAX_TRACKED
             .saturating_sub(self.known.len())
             .min(SWEEP_LIMIT);
-        if self.sweeping || self.stopping || room == 0 {
+        if self.sweeping || self.stopping || room == 0 || self.epoch().is_none() {
             return;
         }
         self.sweeping = true;
@@ -402,6 +650,16 @@ impl SmsDispatcher {
                 }),
         );
     }
+
+    /// A sweep unless a second's worth of messages is ready anyway.
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        let enough = usize::try_from(self.cfg.rate_per_second)
+            .unwrap_or(usize::MAX)
+            .max(self.cfg.concurrency);
+        if self.ready.len() < enough {
+            self.sweep(ctx);
+        }
+    }
 }
 
 impl Actor for SmsDispatcher {
@@ -409,8 +667,17 @@ impl Actor for SmsDispatcher {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::store::repository::UNBOUNDED_MAILBOX);
-        self.sweep(ctx);
+        crate::metrics::sms_sender(false);
+        // Becoming the sender sweeps at once.
+        self.acquire(ctx);
+        ctx.run_interval(self.cfg.renew_every(), |act, ctx| {
+            act.check_lapse();
+            act.acquire(ctx);
+        });
         ctx.run_interval(SWEEP_EVERY, |act, ctx| act.sweep(ctx));
+        if self.db.get_database_backend() == DbBackend::Postgres {
+            ctx.run_interval(POLL_EVERY, |act, ctx| act.poll(ctx));
+        }
         ctx.run_interval(RETAIN_EVERY, |act, _| {
             act.per_recipient.retain_recent();
             act.per_recipient.shrink_to_fit();
@@ -421,8 +688,10 @@ impl Actor for SmsDispatcher {
 impl Handler<SmsQueued> for SmsDispatcher {
     type Result = ();
 
+    /// Messages this instance queued. Only the sender takes them in hand; otherwise the
+    /// sender's sweeps find them in the table.
     fn handle(&mut self, msg: SmsQueued, ctx: &mut Self::Context) {
-        if self.stopping {
+        if self.stopping || self.epoch().is_none() {
             return;
         }
         for due in msg.0 {
@@ -433,7 +702,8 @@ impl Handler<SmsQueued> for SmsDispatcher {
 }
 
 /// Stop starting sends and answer once the sends in flight have finished and their
-/// outcomes are recorded; what is still queued stays in the table for the next start.
+/// outcomes are recorded, and the sender lease is given up (another instance takes over at
+/// once); what is still queued stays in the table for the next sender.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Drain;
@@ -443,14 +713,28 @@ impl Handler<Drain> for SmsDispatcher {
 
     fn handle(&mut self, _: Drain, _: &mut Self::Context) -> Self::Result {
         self.stopping = true;
-        self.ready.clear();
-        if self.in_flight == 0 {
-            return Box::pin(async {});
+        for due in std::mem::take(&mut self.ready) {
+            self.known.remove(&due.id);
         }
-        let (tx, rx) = oneshot::channel();
-        self.drained.push(tx);
+        let wait = (self.in_flight > 0).then(|| {
+            let (tx, rx) = oneshot::channel();
+            self.drained.push(tx);
+            rx
+        });
+        let (db, me) = (self.db.clone(), self.me.clone());
         Box::pin(async move {
-            let _ = rx.await;
+            if let Some(rx) = wait {
+                let _ = rx.await;
+            }
+            // Only now: the next sender takes over this epoch's messages at once.
+            match lease::release(&db, &me).await {
+                Ok(true) => tracing::info!("SMS sender lease given up"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not give up the SMS sender lease; it runs out by itself")
+                }
+            }
+            crate::metrics::sms_sender(false);
         })
     }
 }
@@ -512,7 +796,8 @@ async fn attempt(
     };
     let record = SendRecord {
         id,
-        lease_until: sms.lease_until,
+        epoch: sms.epoch,
+        attempts: sms.attempts,
         outcome,
     };
     (record, next)
@@ -528,7 +813,7 @@ mod tests {
             max_attempts: 8,
             retry_base: Duration::from_millis(1000),
             retry_max: Duration::from_millis(10_000),
-            lease: Duration::from_secs(60),
+            lease: Duration::from_secs(10),
             concurrency: 1,
             rate_per_second: 1,
             burst: 1,

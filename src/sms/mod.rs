@@ -1,8 +1,10 @@
 //! SMS to customers: the `SmsProvider`s (Africa's Talking, or the log) and the
-//! `SmsDispatcher` actor that drains the durable outbox (the `notifications` table).
+//! `SmsDispatcher` actor that drains the durable outbox (the `notifications` table), one
+//! instance of the deployment at a time (the sender `lease`).
 
 pub mod africastalking;
 pub mod dispatcher;
+pub mod lease;
 pub mod log;
 
 pub use dispatcher::{DispatchConfig, Drain, SmsDispatcher};

@@ -67,12 +67,42 @@ pub mod notification {
         pub error: Option<String>,
         /// When the dispatcher should next try (queued rows), in epoch milliseconds.
         pub next_attempt_at: Option<i64>,
-        /// Until when a `sending` row belongs to the dispatcher that claimed it.
+        /// Unused since claims carry the sender's epoch (`sender_epoch`); older rows may
+        /// still hold the end of the lease they were claimed under (local clock).
         pub lease_until: Option<i64>,
         /// Made by "send again" (not by the order's creation or a status change).
         pub resend: bool,
         pub created_at: i64,
         pub updated_at: i64,
+        /// The SMS sender's epoch (`sms_sender.epoch`) the row was last claimed under; with
+        /// `attempts`, the claim's token. NULL before the first claim (and for rows claimed
+        /// before epochs existed).
+        pub sender_epoch: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The SMS sender's lease: one row (`id = 1`), see `sms::lease`.
+pub mod sms_sender {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sms_sender")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i32,
+        /// The instance id of the sender (`data_dir/instance-id`); empty before the first.
+        pub holder: String,
+        /// Which start of that instance holds it (a UUID v7, so later boots sort after).
+        pub boot: String,
+        /// Goes up whenever the lease is taken rather than renewed.
+        pub epoch: i64,
+        /// Epoch milliseconds on the database's clock.
+        pub expires_at: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -279,8 +279,9 @@ pub async fn list_notifications(
     ))
 }
 
-/// Messages to send: every `queued` message due by `horizon` and every `sending` one
-/// whose lease ended before `now` (its sender stopped). Oldest first, at most `limit`.
+/// Messages for the SMS sender: every `queued` message due by `horizon` and every
+/// `sending` one (the sender leaves out those it is sending itself; the others' senders
+/// are dead or fenced off, see `ops::notifications::claim`). Oldest first, at most `limit`.
 pub async fn due_notifications(
     db: &impl ConnectionTrait,
     now: Timestamp,
@@ -294,11 +295,7 @@ pub async fn due_notifications(
                 .add(C::Status.eq(NotificationStatus::Queued.as_str()))
                 .add(C::NextAttemptAt.lte(horizon.millis())),
         )
-        .add(
-            Condition::all()
-                .add(C::Status.eq(NotificationStatus::Sending.as_str()))
-                .add(C::LeaseUntil.lt(now.millis())),
-        );
+        .add(C::Status.eq(NotificationStatus::Sending.as_str()));
     let rows = notification::Entity::find()
         .filter(cond)
         .order_by_asc(C::Id)

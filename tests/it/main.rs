@@ -15,6 +15,7 @@ mod audit;
 mod auth;
 mod cli;
 mod cluster;
+mod cluster_sms;
 mod cluster_start;
 mod dashboard;
 mod live;

@@ -3,6 +3,7 @@
 //! log provider.
 
 use crate::fake_at::{self, FakeAt};
+use crate::support::process::spawn_duka;
 use crate::support::*;
 use duka::config::SmsProviderKind;
 use duka::domain::notification::NotifyOn;
@@ -364,10 +365,13 @@ async fn the_per_recipient_limit_delays_messages_without_dropping_them() {
     }
 }
 
+/// What a crash leaves behind, sent again as soon as the service is back: it takes its
+/// own sender lease back at once with a new epoch, so every `sending` claim belongs to an
+/// older epoch (a dead sender), however long the lease (30 s here).
 #[tokio::test]
 async fn messages_left_queued_or_abandoned_by_a_crash_are_sent_once_after_restart() {
     let fake = FakeAt::start().await;
-    let mut app = at_app(&fake, |_| {}).await;
+    let mut app = at_app(&fake, |s| s.sms.lease_secs = 30).await;
     let customer = app.create_customer(json!({})).await;
     let phone = s(&customer["phone"]).to_string();
     let order = app.create_order(s(&customer["id"]), json!({})).await;
@@ -375,10 +379,13 @@ async fn messages_left_queued_or_abandoned_by_a_crash_are_sent_once_after_restar
     wait_notifications(&app, &order_id, |l| all_have_status(l, "sent")).await;
     app.stop(false).await;
 
-    // What a crash leaves behind: a message never picked up, one whose sender died
-    // mid-request (lease over), and one still leased by a sender that may yet finish.
+    // A message never picked up, one whose sender died mid-request, one claimed by an
+    // older version of duka (no epoch), one whose senders died mid-send too often.
+    let db = app.db.connect().await;
+    let epoch = scalar(&db, "SELECT epoch FROM sms_sender WHERE id = 1").await;
+    assert!(epoch >= 1, "the sender lease was taken");
     let now = chrono::Utc::now().timestamp_millis();
-    let row = |message: &str, status: &str, attempts: i32, lease_until: Option<i64>| {
+    let row = |message: &str, status: &str, attempts: i32, sender_epoch: Option<i64>| {
         notification::Model {
             id: uuid::Uuid::now_v7(),
             order_id: uuid::Uuid::parse_str(&order_id).unwrap(),
@@ -392,48 +399,338 @@ async fn messages_left_queued_or_abandoned_by_a_crash_are_sent_once_after_restar
             cost: None,
             error: None,
             next_attempt_at: Some(now - 5000),
-            lease_until,
+            lease_until: (status == "sending").then_some(now + 600_000),
             resend: false,
             created_at: now - 5000,
             updated_at: now - 5000,
+            sender_epoch,
         }
     };
-    let db = app.db.connect().await;
     for m in [
         row("left queued", "queued", 0, None),
-        row("lease expired", "sending", 1, Some(now - 1000)),
-        row("still leased", "sending", 1, Some(now + 600_000)),
-        // Its sender died mid-send max_attempts (8) times: not sent again, failed.
-        row("interrupted too often", "sending", 8, Some(now - 1000)),
+        row("in flight at the crash", "sending", 1, Some(epoch)),
+        row("claimed by an older duka", "sending", 1, None),
+        // Its senders died mid-send max_attempts (8) times: not sent again, failed.
+        row("interrupted too often", "sending", 8, Some(epoch)),
     ] {
         m.into_active_model().insert(&db).await.unwrap();
     }
-    db.close().await.unwrap();
 
+    let restarted = Instant::now();
     app.restart(false).await;
     let list = wait_notifications(&app, &order_id, |l| {
-        l.iter().filter(|n| n["status"] == "sent").count() == 3
+        l.iter().filter(|n| n["status"] == "sent").count() == 4
             && l.iter().any(|n| n["status"] == "failed")
     })
     .await;
+    let took = restarted.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "sent {took:?} after the restart"
+    );
     let by_message = |m: &str| list.iter().find(|n| n["message"] == m).unwrap().clone();
     let given_up = by_message("interrupted too often");
     assert_eq!(given_up["status"], "failed");
     assert!(s(&given_up["error"]).contains("gave up"), "{given_up}");
+    assert_eq!(given_up["attempts"], 8);
     assert_eq!(by_message("left queued")["attempts"], 1);
-    assert_eq!(by_message("lease expired")["attempts"], 2);
-    assert_eq!(by_message("still leased")["status"], "sending");
+    assert_eq!(by_message("in flight at the crash")["attempts"], 2);
+    assert_eq!(by_message("claimed by an older duka")["attempts"], 2);
+    assert_eq!(
+        scalar(&db, "SELECT epoch FROM sms_sender WHERE id = 1").await,
+        epoch + 1,
+        "the restart took the lease anew"
+    );
 
     let sent: Vec<String> = fake
         .requests_to(&phone)
         .iter()
         .map(|r| r.form["message"].clone())
         .collect();
-    assert_eq!(sent.len(), 3, "{sent:?}");
-    assert_eq!(sent.iter().filter(|m| *m == "left queued").count(), 1);
-    assert_eq!(sent.iter().filter(|m| *m == "lease expired").count(), 1);
-    assert!(!sent.iter().any(|m| m == "still leased"));
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    for m in [
+        "left queued",
+        "in flight at the crash",
+        "claimed by an older duka",
+    ] {
+        assert_eq!(sent.iter().filter(|s| *s == m).count(), 1, "{m}: {sent:?}");
+    }
     assert!(!sent.iter().any(|m| m == "interrupted too often"));
+    db.close().await.unwrap();
+    assert_events_gap_free(&app).await;
+}
+
+/// The settings of a `duka serve` process sending through `fake` (see `at_app`), as TOML.
+pub(crate) fn at_toml(fake: &FakeAt, sms: &str) -> String {
+    format!(
+        "[http.rate_limit]\nenabled = false\n\
+         [database]\nmax_connections = 5\n\
+         [auth]\nsession_key = \"cluster-session-key-0123456789abcdef\"\n\
+         [sms]\nprovider = \"africastalking\"\nper_recipient_per_minute = 1000\n\
+         retry_base_ms = 20\nretry_max_ms = 100\n{sms}\n\
+         [sms.africastalking]\nusername = {user:?}\napi_key = {key:?}\nbase_url = {url:?}\n\
+         webhook_secret = {SECRET:?}\n",
+        user = fake_at::USERNAME,
+        key = fake_at::API_KEY,
+        url = fake.url,
+    )
+}
+
+/// A shell prefix for `spawn_duka` that runs the process on `db` and `data_dir` (another
+/// process's) instead of fresh ones.
+pub(crate) fn on(db: &TestDb, data_dir: Option<&std::path::Path>) -> String {
+    let mut prefix = format!("export DUKA__DATABASE__URL='{}';", db.url());
+    if let Some(dir) = data_dir {
+        prefix.push_str(&format!(" export DUKA__DATA_DIR='{}';", dir.display()));
+    }
+    prefix
+}
+
+/// Every notification row: (phone, status, attempts, provider_message_id).
+pub(crate) async fn notification_rows(
+    db: &sea_orm::DatabaseConnection,
+) -> Vec<(String, String, i32, Option<String>)> {
+    db.query_all_raw(Statement::from_string(
+        db.get_database_backend(),
+        "SELECT phone, status, attempts, provider_message_id FROM notifications ORDER BY id",
+    ))
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| {
+        (
+            r.try_get_by_index(0).unwrap(),
+            r.try_get_by_index(1).unwrap(),
+            r.try_get_by_index(2).unwrap(),
+            r.try_get_by_index(3).unwrap(),
+        )
+    })
+    .collect()
+}
+
+/// Waits (up to `within`) until `count` notifications are `sent`; answers how long it took.
+pub(crate) async fn await_sent(
+    db: &sea_orm::DatabaseConnection,
+    count: usize,
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let rows = notification_rows(db).await;
+        let sent = rows.iter().filter(|r| r.1 == "sent").count();
+        if sent == count {
+            return start.elapsed();
+        }
+        assert!(
+            sent < count,
+            "{sent} notifications sent, expected {count}: {rows:?}"
+        );
+        assert!(
+            start.elapsed() < within,
+            "{sent} of {count} notifications sent after {within:?}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A crash (kill -9) while the provider holds every message: the restarted process (same
+/// data directory, so the same instance) takes its sender lease back at once and sends
+/// them again within seconds, although the lease is 30 s.
+#[tokio::test]
+async fn a_killed_sender_restarted_sends_what_it_had_in_flight_within_seconds() {
+    const N: usize = 4;
+    let fake = FakeAt::start().await;
+    fake.set_delay(Duration::from_secs(120));
+    let toml = at_toml(
+        &fake,
+        "rate_per_second = 1000\nburst = 1000\nconcurrency = 8\nlease_secs = 30\n\
+         request_timeout_secs = 60",
+    );
+    let first = spawn_duka(&toml, "").await;
+    let http = ProcessClient::new(&first.url);
+    let mut phones = Vec::new();
+    for _ in 0..N {
+        let (phone, _) = http.customer_and_order().await;
+        phones.push(phone);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fake.requests().len() < N {
+        assert!(Instant::now() < deadline, "{:?}", fake.requests());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let db = first.db.connect().await;
+    assert!(
+        notification_rows(&db)
+            .await
+            .iter()
+            .all(|r| r.1 == "sending"),
+        "every message is in flight"
+    );
+    // SAFETY: kill only signals the process this test started.
+    assert_eq!(unsafe { libc::kill(first.pid as i32, libc::SIGKILL) }, 0);
+    fake.set_delay(Duration::ZERO);
+
+    let restarted = Instant::now();
+    let _second = spawn_duka(&toml, &on(&first.db, Some(first.data_dir.path()))).await;
+    let took = await_sent(&db, N, Duration::from_secs(30)).await;
+    let total = restarted.elapsed();
+    eprintln!("in-flight messages sent again {total:?} after the restart began");
+    assert!(
+        total < Duration::from_secs(10),
+        "sent again {total:?} after the restart began ({took:?} after it listened)"
+    );
+    for phone in &phones {
+        // Once before the crash (the provider may have taken it), once after.
+        assert_eq!(fake.requests_to(phone).len(), 2, "{phone}");
+    }
+    assert!(notification_rows(&db).await.iter().all(|r| r.2 == 2));
+    db.close().await.unwrap();
+}
+
+/// The API of a `duka serve` process, as the tests use it.
+pub(crate) struct ProcessClient {
+    pub url: String,
+    client: reqwest::Client,
+}
+
+impl ProcessClient {
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    /// POSTs `body`; answers the status and the JSON body (`Null` when there is none, or
+    /// the request failed: the process may be gone).
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        match self
+            .client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+        {
+            Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    pub async fn customer(&self) -> (String, String) {
+        let phone = unique_phone();
+        let (status, body) = self
+            .post(
+                "/api/v1/customers",
+                &json!({"name": format!("Customer {}", marker()), "phone": phone}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (s(&body["id"]).to_string(), phone)
+    }
+
+    /// Creates an order for `customer_id`: its id when acknowledged (201).
+    pub async fn order(&self, customer_id: &str) -> Option<String> {
+        let (status, body) = self
+            .post(
+                "/api/v1/orders",
+                &json!({"customer_id": customer_id, "item": "Maize flour", "amount": "250.00"}),
+            )
+            .await;
+        (status == 201).then(|| s(&body["id"]).to_string())
+    }
+
+    /// A fresh customer and an order for it: (phone, order id).
+    pub async fn customer_and_order(&self) -> (String, String) {
+        let (id, phone) = self.customer().await;
+        let order = self.order(&id).await.expect("order created");
+        (phone, order)
+    }
+}
+
+/// Another sender takes the lease over and claims a message while this one is sending it
+/// (as when this one stalled): this one's outcome is refused and counted, it sends nothing
+/// more while the other holds the lease, and once that lease runs out it takes over (a
+/// newer epoch) and sends both what the other had claimed and what waited.
+#[tokio::test]
+async fn a_sender_fenced_off_by_a_newer_one_stores_no_outcome_and_sends_nothing_more() {
+    let fake = FakeAt::start().await;
+    fake.set_delay(Duration::from_millis(1500));
+    let app = at_app(&fake, |s| s.sms.request_timeout_secs = 5).await;
+    let lost = async || {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        crate::support::process::metric_value(&text, "duka_sms_lost_lease_total")
+    };
+    let lost_before = lost().await;
+    let (phone, order) = customer_and_order(&app, json!({})).await;
+    let order_id = s(&order["id"]).to_string();
+    wait_notifications(&app, &order_id, |l| all_have_status(l, "sending")).await;
+
+    let db = app.db.connect().await;
+    let exec = async |sql: String| {
+        db.execute_raw(Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .unwrap();
+    };
+    let mine = scalar(&db, "SELECT epoch FROM sms_sender WHERE id = 1").await;
+    let far = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    exec(format!(
+        "UPDATE sms_sender SET holder = 'duka-another', boot = 'another-boot', \
+         epoch = epoch + 1, expires_at = {far} WHERE id = 1"
+    ))
+    .await;
+    exec(
+        "UPDATE notifications SET sender_epoch = (SELECT epoch FROM sms_sender WHERE id = 1), \
+         attempts = attempts + 1 WHERE status = 'sending'"
+            .into(),
+    )
+    .await;
+
+    // The provider answers this sender after 1.5 s; its outcome no longer has a claim.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lost().await < lost_before + 1.0 {
+        assert!(Instant::now() < deadline, "no refused outcome counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n = &notifications_of(&app, &order_id).await[0];
+    assert_eq!(n["status"], "sending", "the newer claim stands: {n}");
+    assert_eq!(n["provider_message_id"], Value::Null, "{n}");
+    assert_eq!(n["attempts"], 2, "{n}");
+    assert_eq!(fake.requests_to(&phone).len(), 1);
+
+    // No longer the sender: a new order's SMS waits.
+    let (other_phone, other) = customer_and_order(&app, json!({})).await;
+    let other_id = s(&other["id"]).to_string();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        notifications_of(&app, &other_id).await[0]["status"],
+        "queued"
+    );
+    assert!(fake.requests_to(&other_phone).is_empty());
+
+    // The other sender is gone: its lease runs out, this one takes over and sends both.
+    fake.set_delay(Duration::ZERO);
+    exec("UPDATE sms_sender SET expires_at = 0 WHERE id = 1".into()).await;
+    let first = wait_notifications(&app, &order_id, |l| all_have_status(l, "sent")).await;
+    wait_notifications(&app, &other_id, |l| all_have_status(l, "sent")).await;
+    assert_eq!(first[0]["attempts"], 3);
+    let requests = fake.requests_to(&phone);
+    assert_eq!(
+        requests.len(),
+        2,
+        "at least once: the fenced send's outcome was lost"
+    );
+    assert_eq!(
+        first[0]["provider_message_id"],
+        json!(requests[1].message_id.clone().unwrap())
+    );
+    assert_eq!(fake.requests_to(&other_phone).len(), 1);
+    assert_eq!(
+        scalar(&db, "SELECT epoch FROM sms_sender WHERE id = 1").await,
+        mine + 2
+    );
+    db.close().await.unwrap();
     assert_events_gap_free(&app).await;
 }
 

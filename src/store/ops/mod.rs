@@ -62,14 +62,17 @@ pub enum WriteOp {
     QueueNotification {
         order_id: Uuid,
     },
-    /// The SMS dispatcher takes messages for one send attempt each: `queued` (or `sending`
-    /// whose lease has run out) becomes `sending` until `lease_until`, one more attempt.
-    /// Answers `Claimed` with the messages it took; the others were not there to take
-    /// (another sender has them, they were sent, or they are gone). A message whose senders
-    /// died mid-send `max_attempts` times is failed instead of claimed.
+    /// The SMS sender takes messages for one send attempt each: `queued` ones, and
+    /// `sending` ones claimed under an epoch up to its own (their sender is dead or fenced
+    /// off, or this one let them go), become `sending` under `sender.epoch`, one more
+    /// attempt. Only while `sender` holds the sender lease with that epoch, on the
+    /// database's clock; otherwise nothing is claimed and the reply says `fenced`. Answers
+    /// `Claimed` with the messages it took; the others were not there to take (another
+    /// claim has them, they were sent, or they are gone). A `sending` message claimed
+    /// `max_attempts` times already (its senders kept dying mid-send) is failed instead.
     ClaimSms {
         ids: Vec<Uuid>,
-        lease_until: Timestamp,
+        sender: SenderTerm,
     },
     /// What send attempts of claimed messages came to. Answers `Recorded` with the ids
     /// whose outcome was stored; the others no longer held that claim.
@@ -95,13 +98,23 @@ impl WriteOp {
     }
 }
 
-/// One send attempt's outcome, for the claim it was made under: the claim's `lease_until`
-/// is its token, so a sender whose lease ran out (and whose message another claim took
-/// over) cannot overwrite the newer claim's outcome.
+/// Who claims: an instance (`holder`), one start of it (`boot`), and the epoch of the
+/// sender lease it believes it holds (see `sms::lease`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderTerm {
+    pub holder: String,
+    pub boot: String,
+    pub epoch: i64,
+}
+
+/// One send attempt's outcome, for the claim it was made under: the claim's token is
+/// (`epoch`, `attempts`), so a sender whose claim was taken over (by a newer epoch, or a
+/// later claim of its own) cannot overwrite the newer claim's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendRecord {
     pub id: Uuid,
-    pub lease_until: Timestamp,
+    pub epoch: i64,
+    pub attempts: i32,
     pub outcome: SendOutcome,
 }
 
@@ -127,14 +140,22 @@ pub enum DeliveryOutcome {
     Failed { reason: String },
 }
 
-/// A message the dispatcher holds a claim on.
+/// A message the dispatcher holds a claim on; (`epoch`, `attempts`) is the claim's token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedSms {
     pub id: Uuid,
     pub phone: String,
     pub message: String,
     pub attempts: i32,
-    pub lease_until: Timestamp,
+    pub epoch: i64,
+}
+
+/// What a `ClaimSms` came to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// The claimer did not hold the sender lease with its epoch: nothing was claimed.
+    pub fenced: bool,
+    pub taken: Vec<ClaimedSms>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,7 +163,7 @@ pub enum WriteReply {
     Customer(CustomerView),
     Order(OrderView),
     Notification(NotificationView),
-    Claimed(Vec<ClaimedSms>),
+    Claimed(Claim),
     Recorded(Vec<Uuid>),
     Deleted,
     /// Done, nothing to show.
@@ -206,9 +227,7 @@ pub(super) async fn apply_one(
         WriteOp::QueueNotification { order_id } => {
             notifications::queue_again(txn, order_id, batch).await
         }
-        WriteOp::ClaimSms { ids, lease_until } => {
-            notifications::claim(txn, ids, lease_until, batch).await
-        }
+        WriteOp::ClaimSms { ids, sender } => notifications::claim(txn, ids, &sender, batch).await,
         WriteOp::RecordSends(records) => notifications::record_sends(txn, records, batch).await,
         WriteOp::DeliveryReport {
             provider_message_id,

@@ -3,7 +3,10 @@
 //! change of status follows `NotificationStatus::transition` and publishes
 //! `notification.updated`.
 
-use super::{ClaimedSms, DeliveryOutcome, OpResult, SendOutcome, SendRecord, WriteReply, refuse};
+use super::{
+    Claim, ClaimedSms, DeliveryOutcome, OpResult, SendOutcome, SendRecord, SenderTerm, WriteReply,
+    refuse,
+};
 use crate::domain::event::EventType;
 use crate::domain::money::Money;
 use crate::domain::notification::{NotificationStatus, NotifyOn};
@@ -13,10 +16,9 @@ use crate::store::batch::{Batch, QueuedSms, WriteConfig};
 use crate::store::entities::{customer, notification, order};
 use crate::store::error::StoreError;
 use crate::store::views::{NotificationView, OrderView};
-use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait,
-    IntoActiveModel, QueryFilter, QuerySelect, Statement, Value,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel,
+    QueryFilter, QuerySelect, Statement, Value,
 };
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -66,6 +68,7 @@ pub(super) fn new_row(
         resend,
         created_at: now,
         updated_at: now,
+        sender_epoch: None,
     })
 }
 
@@ -147,65 +150,152 @@ pub(super) async fn queue_again(
     Ok(WriteReply::Notification(notification))
 }
 
-/// Claims the messages among `ids` that are there to take, with two statements for any
-/// number of them: a `sending` message whose lease ran out `max_attempts` times is failed
-/// (its senders kept dying mid-send, so the provider may have it); the rest of the
-/// `queued` ones and the lapsed `sending` ones become `sending` until `lease_until`.
-/// One conditional UPDATE decides: with several senders, each message goes to one.
+/// The database's clock in epoch milliseconds, as an SQL expression. The sender lease is
+/// granted and checked on this one clock, whichever machine asks. SQLite runs on the
+/// machine of its only process: its clock is the local one.
+pub fn db_now_ms(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => "(extract(epoch from clock_timestamp()) * 1000)::bigint",
+        _ => "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)",
+    }
+}
+
+/// Bound parameters of a raw statement, numbered so that one value can be used twice.
+pub struct Params {
+    backend: DbBackend,
+    pub values: Vec<Value>,
+}
+
+impl Params {
+    pub fn new(backend: DbBackend) -> Self {
+        Self {
+            backend,
+            values: Vec::new(),
+        }
+    }
+
+    /// Binds `v`; answers its placeholder.
+    pub fn push(&mut self, v: impl Into<Value>) -> String {
+        self.values.push(v.into());
+        let n = self.values.len();
+        match self.backend {
+            DbBackend::Postgres => format!("${n}"),
+            _ => format!("?{n}"),
+        }
+    }
+
+    pub fn statement(self, sql: String) -> Statement {
+        Statement::from_sql_and_values(self.backend, sql, self.values)
+    }
+}
+
+/// Every column of `notifications`, for RETURNING.
+const COLUMNS: &str = "id, order_id, customer_id, phone, message, status, attempts, provider, \
+    provider_message_id, cost, error, next_attempt_at, lease_until, resend, created_at, \
+    updated_at, sender_epoch";
+
+/// Whether `sender` holds the sender lease with its epoch now, on the database's clock. On
+/// PostgreSQL the lease row is then share-locked until the batch commits, so that no other
+/// instance can take the lease over between this check and the claim's commit.
+async fn holds_lease(txn: &impl ConnectionTrait, sender: &SenderTerm) -> Result<bool, StoreError> {
+    let backend = txn.get_database_backend();
+    let mut p = Params::new(backend);
+    let sql = format!(
+        "SELECT epoch FROM sms_sender WHERE id = 1 AND holder = {holder} AND boot = {boot} \
+         AND epoch = {epoch} AND expires_at > {now}{lock}",
+        holder = p.push(sender.holder.clone()),
+        boot = p.push(sender.boot.clone()),
+        epoch = p.push(sender.epoch),
+        now = db_now_ms(backend),
+        lock = if backend == DbBackend::Postgres {
+            " FOR SHARE"
+        } else {
+            ""
+        },
+    );
+    Ok(txn.query_one_raw(p.statement(sql)).await?.is_some())
+}
+
+/// Claims the messages among `ids` that are there to take, with one statement for any
+/// number of them, while `sender` holds the sender lease (checked first, on the database's
+/// clock; otherwise the reply is `fenced` and nothing changes).
+///
+/// There to take: `queued`, or `sending` under an epoch up to the sender's own: an older
+/// epoch's sender is dead or fenced off, and a claim of this epoch that the sender asks
+/// for again is one it let go of (it never asks for a message it is still sending). Such a
+/// message already tried `max_attempts` times is failed (its senders kept stopping
+/// mid-send, so the provider may have it); the others become `sending` under the sender's
+/// epoch with one more attempt, which makes (epoch, attempts) the claim's token.
+///
+/// On PostgreSQL the rows are picked `FOR UPDATE SKIP LOCKED`: a row another transaction
+/// holds is left out of this claim rather than waited for, and nothing fails.
 pub(super) async fn claim(
     txn: &impl ConnectionTrait,
     mut ids: Vec<Uuid>,
-    lease_until: Timestamp,
+    sender: &SenderTerm,
     batch: &mut Batch<'_>,
 ) -> OpResult {
-    use notification::Column as C;
     ids.sort_unstable();
     ids.dedup();
     if ids.is_empty() {
-        return Ok(WriteReply::Claimed(Vec::new()));
+        return Ok(WriteReply::Claimed(Claim::default()));
     }
-    let now = Timestamp::now().millis();
-    let lapsed = || {
-        Condition::all()
-            .add(C::Status.eq(NotificationStatus::Sending.as_str()))
-            .add(C::LeaseUntil.lt(now))
+    if !holds_lease(txn, sender).await? {
+        return Ok(WriteReply::Claimed(Claim {
+            fenced: true,
+            taken: Vec::new(),
+        }));
+    }
+    let backend = txn.get_database_backend();
+    let mut p = Params::new(backend);
+    let epoch = p.push(sender.epoch);
+    let max = p.push(batch.cfg.max_attempts);
+    let gave_up = p.push(format!(
+        "gave up after {} attempts whose sender stopped before the outcome was known",
+        batch.cfg.max_attempts
+    ));
+    let now = p.push(Timestamp::now().millis());
+    let id_list = ids
+        .iter()
+        .map(|id| p.push(*id))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let takeable = format!(
+        "(status = 'queued' OR (status = 'sending' AND \
+         (sender_epoch IS NULL OR sender_epoch <= {epoch})))"
+    );
+    let exhausted = format!("(status = 'sending' AND attempts >= {max})");
+    let set = format!(
+        "status = CASE WHEN {exhausted} THEN 'failed' ELSE 'sending' END, \
+         error = CASE WHEN {exhausted} THEN {gave_up} ELSE error END, \
+         attempts = CASE WHEN {exhausted} THEN attempts ELSE attempts + 1 END, \
+         sender_epoch = CASE WHEN {exhausted} THEN sender_epoch ELSE {epoch} END, \
+         lease_until = NULL, updated_at = {now}"
+    );
+    let sql = match backend {
+        DbBackend::Postgres => format!(
+            "WITH picked AS (SELECT id AS picked_id FROM notifications \
+               WHERE id IN ({id_list}) AND {takeable} FOR UPDATE SKIP LOCKED) \
+             UPDATE notifications SET {set} FROM picked \
+             WHERE id = picked_id AND {takeable} RETURNING {COLUMNS}"
+        ),
+        // One process, and the batch holds the write lock: nobody else can claim.
+        _ => format!(
+            "UPDATE notifications SET {set} WHERE id IN ({id_list}) AND {takeable} \
+             RETURNING {COLUMNS}"
+        ),
     };
-    let mut gave_up = notification::Entity::update_many()
-        .col_expr(C::Status, Expr::value(NotificationStatus::Failed.as_str()))
-        .col_expr(
-            C::Error,
-            Expr::value(format!(
-                "gave up after {} attempts whose sender stopped before the outcome was known",
-                batch.cfg.max_attempts
-            )),
-        )
-        .col_expr(C::LeaseUntil, Expr::value(Option::<i64>::None))
-        .col_expr(C::UpdatedAt, Expr::value(now))
-        .filter(C::Id.is_in(ids.clone()))
-        .filter(lapsed())
-        .filter(C::Attempts.gte(batch.cfg.max_attempts))
-        .exec_with_returning(txn)
+    let rows = notification::Entity::find()
+        .from_raw_sql(p.statement(sql))
+        .all(txn)
         .await?;
-    let mut claimed = notification::Entity::update_many()
-        .col_expr(C::Status, Expr::value(NotificationStatus::Sending.as_str()))
-        .col_expr(C::Attempts, Expr::col(C::Attempts).add(1))
-        .col_expr(C::LeaseUntil, Expr::value(lease_until.millis()))
-        .col_expr(C::UpdatedAt, Expr::value(now))
-        .filter(C::Id.is_in(ids))
-        .filter(
-            Condition::any()
-                .add(C::Status.eq(NotificationStatus::Queued.as_str()))
-                .add(lapsed()),
-        )
-        .exec_with_returning(txn)
-        .await?;
+    let failed = NotificationStatus::Failed.as_str();
+    let (mut gave_up, mut claimed): (Vec<_>, Vec<_>) =
+        rows.into_iter().partition(|n| n.status == failed);
     gave_up.sort_by_key(|n| n.id);
     claimed.sort_by_key(|n| n.id);
-    for row in &gave_up {
-        batch.emit(
-            EventType::NotificationUpdated,
-            NotificationView::from(row.clone()),
-        )?;
+    for row in gave_up {
+        batch.emit(EventType::NotificationUpdated, NotificationView::from(row))?;
     }
     let mut taken = Vec::with_capacity(claimed.len());
     for row in claimed {
@@ -214,16 +304,20 @@ pub(super) async fn claim(
             phone: row.phone.clone(),
             message: row.message.clone(),
             attempts: row.attempts,
-            lease_until,
+            epoch: sender.epoch,
         });
         batch.emit(EventType::NotificationUpdated, NotificationView::from(row))?;
     }
-    Ok(WriteReply::Claimed(taken))
+    Ok(WriteReply::Claimed(Claim {
+        fenced: false,
+        taken,
+    }))
 }
 
 /// Records send outcomes with one statement for any number of them. A record applies only
-/// while its message is still `sending` under the same claim (`lease_until` is the claim's
-/// token): a sender that stalled past its lease cannot overwrite a newer claim.
+/// while its message is still `sending` under the same claim (its token: the sender epoch
+/// and the attempt): a sender that stalled while its claim was taken over cannot overwrite
+/// the newer claim. Answers the ids whose outcome was stored.
 pub(super) async fn record_sends(
     txn: &impl ConnectionTrait,
     mut records: Vec<SendRecord>,
@@ -235,20 +329,9 @@ pub(super) async fn record_sends(
         return Ok(WriteReply::Recorded(Vec::new()));
     }
     let backend = txn.get_database_backend();
-    let now = Timestamp::now().millis();
-    let mut values: Vec<Value> = Vec::with_capacity(records.len() * 7 + 1);
+    let mut p = Params::new(backend);
+    let now = p.push(Timestamp::now().millis());
     let mut rows = Vec::with_capacity(records.len());
-    let mut p = 0;
-    let mut param = |values: &mut Vec<Value>, v: Value| {
-        values.push(v);
-        p += 1;
-        match backend {
-            DbBackend::Postgres => format!("${p}"),
-            // Numbered, so that one value can be used twice.
-            _ => format!("?{p}"),
-        }
-    };
-    let now_param = param(&mut values, now.into());
     for r in &records {
         let (status, message_id, cost, error, next_at) = match &r.outcome {
             SendOutcome::Sent {
@@ -281,34 +364,38 @@ pub(super) async fn record_sends(
         };
         debug_assert!(NotificationStatus::Sending.transition(status).is_ok());
         let cells = [
-            param(&mut values, r.id.into()),
-            param(&mut values, r.lease_until.millis().into()),
-            param(&mut values, status.as_str().into()),
-            param(&mut values, message_id.into()),
-            param(&mut values, cost.into()),
-            param(&mut values, error.into()),
-            param(&mut values, next_at.into()),
+            p.push(r.id),
+            p.push(r.epoch),
+            p.push(r.attempts),
+            p.push(status.as_str()),
+            p.push(message_id),
+            p.push(cost),
+            p.push(error),
+            p.push(next_at),
         ];
         rows.push(format!("({})", cells.join(", ")));
     }
+    // A retry due before the outcome could be stored is due when it is stored: a row never
+    // says it waits for a time before its last change.
     // The same statement on both databases: SQLite (3.33+) and PostgreSQL both take
     // UPDATE ... FROM a VALUES list; the CTE names its columns apart from the table's, so
     // that RETURNING's unqualified names are the table's.
     let sql = format!(
-        "WITH v (v_id, v_lease, v_status, v_message_id, v_cost, v_error, v_next) AS (VALUES {rows}) \
+        "WITH v (v_id, v_epoch, v_attempts, v_status, v_message_id, v_cost, v_error, v_next) \
+           AS (VALUES {rows}) \
          UPDATE notifications SET status = v_status, \
            provider_message_id = COALESCE(v_message_id, provider_message_id), \
            cost = CASE WHEN v_status = 'sent' THEN v_cost ELSE cost END, \
-           error = v_error, next_attempt_at = v_next, lease_until = NULL, \
-           updated_at = CASE WHEN updated_at > {now_param} THEN updated_at ELSE {now_param} END \
-         FROM v WHERE id = v_id AND status = 'sending' AND lease_until = v_lease \
-         RETURNING id, order_id, customer_id, phone, message, status, attempts, provider, \
-           provider_message_id, cost, error, next_attempt_at, lease_until, resend, created_at, \
-           updated_at",
+           error = v_error, lease_until = NULL, \
+           next_attempt_at = CASE WHEN v_next < {now} THEN {now} ELSE v_next END, \
+           updated_at = CASE WHEN updated_at > {now} THEN updated_at ELSE {now} END \
+         FROM v WHERE id = v_id AND status = 'sending' AND sender_epoch = v_epoch \
+           AND attempts = v_attempts \
+         RETURNING {COLUMNS}",
         rows = rows.join(", ")
     );
     let mut updated = notification::Entity::find()
-        .from_raw_sql(Statement::from_sql_and_values(backend, sql, values))
+        .from_raw_sql(p.statement(sql))
         .all(txn)
         .await?;
     updated.sort_by_key(|n| n.id);
