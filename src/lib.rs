@@ -91,7 +91,7 @@ impl DukaHandle {
     /// sent before this returns; the future only waits for the stop.
     pub fn stop(&self, graceful: bool) -> impl std::future::Future<Output = ()> + use<> {
         if graceful {
-            self.hub.do_send(live::messages::Shutdown);
+            self.hub.do_send(live::protocol::Shutdown);
         }
         self.server.stop(graceful)
     }

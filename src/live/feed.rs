@@ -11,7 +11,7 @@
 //! and the local writer's commits reach the hub directly.
 
 use super::hub::Hub;
-use super::messages::LogAdvanced;
+use super::protocol::LogAdvanced;
 use crate::store::batch::EVENTS_CHANNEL;
 use crate::store::reads;
 use actix::Addr;

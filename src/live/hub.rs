@@ -14,7 +14,7 @@
 
 use super::LiveStats;
 use super::filter::TypeFilter;
-use super::messages::{
+use super::protocol::{
     EventFrame, LogAdvanced, SessionEnded, Shutdown, Start, Subscribe, SubscribeReply,
     SubscriberCount, ToSession, Unsubscribe,
 };

@@ -7,7 +7,7 @@
 pub mod feed;
 pub mod filter;
 pub mod hub;
-pub mod messages;
+pub mod protocol;
 pub mod session;
 pub mod stall;
 pub mod watch;
@@ -25,7 +25,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use actix_web_actors::ws;
 use filter::TypeFilter;
 use hub::{Hub, HubConfig};
-use messages::SubscriberCount;
+use protocol::SubscriberCount;
 use sea_orm::DatabaseConnection;
 use session::{SessionConfig, WsSession};
 use stall::{ConnHandle, Link};
@@ -183,7 +183,7 @@ impl Live {
     /// A session was logged out: its sockets are closed with 1008 now (sockets on other
     /// instances notice on their next credential check).
     pub fn session_ended(&self, id_hash: String) {
-        self.hub.do_send(messages::SessionEnded { id_hash });
+        self.hub.do_send(protocol::SessionEnded { id_hash });
     }
 
     /// How far behind the database's event log the feed is, when that is more than

@@ -9,7 +9,7 @@
 use super::Slot;
 use super::filter::TypeFilter;
 use super::hub::Hub;
-use super::messages::{EventFrame, Start, Subscribe, SubscribeReply, ToSession, Unsubscribe};
+use super::protocol::{EventFrame, Start, Subscribe, SubscribeReply, ToSession, Unsubscribe};
 use super::stall::Link;
 use crate::auth::{AuthFailure, Authenticator, Proof};
 use crate::domain::time::Timestamp;

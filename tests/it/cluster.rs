@@ -170,3 +170,43 @@ async fn a_lost_listener_connection_only_delays_events() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn the_others_carry_on_when_one_instance_goes_down() {
+    let mut apps = cluster(3).await;
+    let mut watchers = Vec::new();
+    for app in &apps[1..] {
+        let mut ws = connect(app, "").await;
+        hello(&mut ws).await;
+        watchers.push(ws);
+    }
+    let customer = apps[1].create_customer(json!({})).await;
+    let id = customer["id"].as_str().unwrap().to_string();
+    // Orders on the instance that goes down, then on the others while it is gone.
+    for _ in 0..5 {
+        apps[0].create_order(&id, json!({})).await;
+    }
+    apps[0].stop(false).await;
+    let work = apps[1..].iter().map(|app| {
+        let id = id.clone();
+        async move {
+            for _ in 0..10 {
+                app.create_order(&id, json!({})).await;
+            }
+        }
+    });
+    join_all(work).await;
+    let mut streams = Vec::new();
+    for ws in &mut watchers {
+        let frames = events(ws, 26).await;
+        assert_gap_free(&frames, 1);
+        streams.push(frames);
+    }
+    assert_eq!(streams[0], streams[1]);
+    // It comes back and serves the same log, resuming a client from where it left.
+    apps[0].restart(false).await;
+    let mut back = connect(&apps[0], "?since=20").await;
+    assert_eq!(hello(&mut back).await, 26);
+    let rest = events(&mut back, 6).await;
+    assert_eq!(&rest[..], &streams[0][20..]);
+}
