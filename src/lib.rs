@@ -43,6 +43,9 @@ pub struct Duka {
     pub generated_token: Option<String>,
     server: actix_web::dev::Server,
     sms_drain: Duration,
+    /// The service's own threads (writer, hub, dispatcher): stopped when it has stopped, so
+    /// that nothing of it (the feed's poll, the sender lease) lives on in the process.
+    threads: Vec<actix::ArbiterHandle>,
     /// On SQLite, this process's claim on the database file, released when the service ends.
     _sqlite_lock: Option<store::sqlite_lock::SqliteLock>,
 }
@@ -72,6 +75,9 @@ impl Duka {
             tracing::warn!(
                 "stopped with SMS sends in flight; the next SMS sender sends them again"
             );
+        }
+        for thread in &self.threads {
+            thread.stop();
         }
         result
     }
@@ -252,10 +258,20 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     }
     let write_config = write_config(&settings);
     let notify_tag = write_config.notify_tag.clone();
-    let repo = Repository::new(db.clone(), write_config, retention).start_alone();
+    // Threads of this service's own, stopped with it (see `Duka::run`): the writer, the
+    // hub with its feed, the SMS dispatcher.
+    let threads = [(); 3].map(|()| actix::Arbiter::new().handle());
+    let repo = Repository::new(db.clone(), write_config, retention).start_alone(&threads[0]);
     // First listener, before anything can write: the hub must see every commit after
     // `latest_seq`.
-    let live = live::Live::start(&settings, &repo, db.clone(), latest_seq, notify_tag);
+    let live = live::Live::start(
+        &settings,
+        &repo,
+        db.clone(),
+        latest_seq,
+        notify_tag,
+        &threads[1],
+    );
     // For the readers outside the HTTP workers (sessions, the SMS dispatcher's sweeps);
     // every worker starts its own for its requests.
     let reader = Reader::new(db.clone()).start();
@@ -289,10 +305,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
             provider,
             (&settings.sms).into(),
         );
-        let dispatcher =
-            sms::SmsDispatcher::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| {
-                dispatcher
-            });
+        let dispatcher = sms::SmsDispatcher::start_in_arbiter(&threads[2], move |_| dispatcher);
         repo.do_send(ListenSms(dispatcher.clone().recipient()));
         Some(dispatcher)
     } else {
@@ -374,6 +387,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         generated_token,
         server: server.run(),
         sms_drain: Duration::from_secs(settings.sms.request_timeout_secs + 2),
+        threads: threads.to_vec(),
         _sqlite_lock: sqlite_lock,
     })
 }

@@ -129,7 +129,7 @@ impl Drop for Slot {
 }
 
 impl Live {
-    /// Starts the hub and its feed (on an arbiter of their own) and registers the hub for
+    /// Starts the hub and its feed (on `arbiter`, a thread of their own) and registers the hub for
     /// this instance's commits. `latest` is the last seq of the log when it starts: the hub
     /// publishes what follows, whoever commits it.
     pub fn start(
@@ -138,6 +138,7 @@ impl Live {
         db: DatabaseConnection,
         latest: i64,
         notify_tag: String,
+        arbiter: &actix::ArbiterHandle,
     ) -> Self {
         let live = &settings.live;
         let ping_interval = Duration::from_secs(live.ping_interval_secs);
@@ -157,7 +158,7 @@ impl Live {
                 own_tag: notify_tag,
             }
         });
-        let hub = Hub::start_in_arbiter(&actix::Arbiter::new().handle(), move |ctx| {
+        let hub = Hub::start_in_arbiter(arbiter, move |ctx| {
             feed::start(actix::AsyncContext::address(ctx), db, listen);
             hub
         });

@@ -67,10 +67,10 @@ impl Repository {
         }
     }
 
-    /// Starts the writer on an arbiter of its own, so that its per-batch work never waits
-    /// for (or delays) the hub, the dispatcher or the HTTP workers.
-    pub fn start_alone(self) -> Addr<Self> {
-        Self::start_in_arbiter(&Arbiter::new().handle(), move |_| self)
+    /// Starts the writer on `arbiter`, a thread of its own, so that its per-batch work never
+    /// waits for (or delays) the hub, the dispatcher or the HTTP workers.
+    pub fn start_alone(self, arbiter: &ArbiterHandle) -> Addr<Self> {
+        Self::start_in_arbiter(arbiter, move |_| self)
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
