@@ -43,9 +43,6 @@ pub struct Duka {
     pub generated_token: Option<String>,
     server: actix_web::dev::Server,
     sms_drain: Duration,
-    /// The service's own threads (writer, hub, dispatcher): stopped when it has stopped, so
-    /// that nothing of it (the feed's poll, the sender lease) lives on in the process.
-    threads: Vec<actix::ArbiterHandle>,
     /// On SQLite, this process's claim on the database file, released when the service ends.
     _sqlite_lock: Option<store::sqlite_lock::SqliteLock>,
 }
@@ -67,7 +64,7 @@ impl Duka {
     /// the SMS sends in flight finish (within `sms_drain`); queued messages stay queued.
     pub async fn run(self) -> std::io::Result<()> {
         let result = self.server.await;
-        if let Some(sms) = self.sms
+        if let Some(sms) = &self.sms
             && tokio::time::timeout(self.sms_drain, sms.send(sms::Drain))
                 .await
                 .is_err()
@@ -76,9 +73,14 @@ impl Duka {
                 "stopped with SMS sends in flight; the next SMS sender sends them again"
             );
         }
-        for thread in &self.threads {
-            thread.stop();
+        // Nothing of this service lives on in the process (tests start several in one):
+        // the hub stops its feed (poll, listener), the dispatcher its lease and sweeps, the
+        // writer once its batch in flight is done. Their threads are then idle.
+        self.live.hub.do_send(live::protocol::Stop);
+        if let Some(sms) = &self.sms {
+            sms.do_send(sms::Stop);
         }
+        self.repo.do_send(store::repository::Stop);
         result
     }
 }
@@ -258,8 +260,8 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     }
     let write_config = write_config(&settings);
     let notify_tag = write_config.notify_tag.clone();
-    // Threads of this service's own, stopped with it (see `Duka::run`): the writer, the
-    // hub with its feed, the SMS dispatcher.
+    // Threads of this service's own: the writer, the hub with its feed, the SMS
+    // dispatcher (their actors stop with the service, see `Duka::run`).
     let threads = [(); 3].map(|()| actix::Arbiter::new().handle());
     let repo = Repository::new(db.clone(), write_config, retention).start_alone(&threads[0]);
     // First listener, before anything can write: the hub must see every commit after
@@ -387,7 +389,6 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         generated_token,
         server: server.run(),
         sms_drain: Duration::from_secs(settings.sms.request_timeout_secs + 2),
-        threads: threads.to_vec(),
         _sqlite_lock: sqlite_lock,
     })
 }

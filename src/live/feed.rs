@@ -18,18 +18,25 @@ use actix::Addr;
 use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::postgres::PgListener;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// How often the latest seq is read, whatever the notifications say.
 pub const POLL_EVERY: Duration = Duration::from_secs(1);
 /// The wait before connecting the listener again after a failure.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
-/// Starts the poll and, on PostgreSQL (`listen_url`), the listener, on the current arbiter;
-/// both end when the hub stops.
-pub fn start(hub: Addr<Hub>, db: DatabaseConnection, listen: Option<Listen>) {
-    actix::spawn(poll(hub.clone(), db));
+/// Starts the poll and, on PostgreSQL (`listen`), the listener, on the current arbiter;
+/// both end when `stop` turns true (the hub stopped), inside the runtime, so that their
+/// connections close cleanly.
+pub fn start(
+    hub: Addr<Hub>,
+    db: DatabaseConnection,
+    listen: Option<Listen>,
+    stop: watch::Receiver<bool>,
+) {
+    actix::spawn(until_stopped(stop.clone(), poll(hub.clone(), db)));
     if let Some(listen) = listen {
-        actix::spawn(listen.run(hub));
+        actix::spawn(until_stopped(stop, listen.run(hub)));
     }
 }
 
@@ -37,6 +44,14 @@ pub fn start(hub: Addr<Hub>, db: DatabaseConnection, listen: Option<Listen>) {
 pub struct Listen {
     pub url: String,
     pub own_tag: String,
+}
+
+/// Runs `task` until `stop` turns true (or its sender is gone); then drops it here.
+async fn until_stopped(mut stop: watch::Receiver<bool>, task: impl Future<Output = ()>) {
+    tokio::select! {
+        () = task => {}
+        _ = stop.wait_for(|stopped| *stopped) => {}
+    }
 }
 
 async fn poll(hub: Addr<Hub>, db: DatabaseConnection) {

@@ -15,7 +15,7 @@
 use super::LiveStats;
 use super::filter::TypeFilter;
 use super::protocol::{
-    EventFrame, LogAdvanced, SessionEnded, Shutdown, Start, Subscribe, SubscribeReply,
+    EventFrame, LogAdvanced, SessionEnded, Shutdown, Start, Stop, Subscribe, SubscribeReply,
     SubscriberCount, ToSession, Unsubscribe,
 };
 use super::stall::{Link, stall_limit};
@@ -73,6 +73,8 @@ pub struct Hub {
     /// Sessions told to close that have not ended yet, and since when.
     closing: HashMap<u64, (Instant, Arc<Link>)>,
     stats: Arc<LiveStats>,
+    /// Tells the feed's tasks to end (when the hub stops).
+    stop_feed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Hub {
@@ -90,7 +92,13 @@ impl Hub {
             members: HashMap::new(),
             closing: HashMap::new(),
             stats,
+            stop_feed: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Becomes `true` when the hub stops: the feed's tasks end on it.
+    pub fn feed_stop(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop_feed.subscribe()
     }
 
     fn count(&self) {
@@ -335,6 +343,18 @@ impl Actor for Hub {
         ctx.set_mailbox_capacity(crate::store::repository::UNBOUNDED_MAILBOX);
         ctx.run_interval(self.cfg.ping_interval, |act, _| act.watchdog());
         ctx.run_interval(PRUNE_EVERY, |act, _| act.prune());
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        let _ = self.stop_feed.send(true);
+    }
+}
+
+impl Handler<Stop> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
     }
 }
 

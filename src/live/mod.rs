@@ -159,7 +159,12 @@ impl Live {
             }
         });
         let hub = Hub::start_in_arbiter(arbiter, move |ctx| {
-            feed::start(actix::AsyncContext::address(ctx), db, listen);
+            feed::start(
+                actix::AsyncContext::address(ctx),
+                db,
+                listen,
+                hub.feed_stop(),
+            );
             hub
         });
         repo.do_send(ListenEvents(hub.clone().recipient()));

@@ -99,6 +99,11 @@ pub struct SessionEnded {
 #[rtype(result = "usize")]
 pub struct SubscriberCount;
 
+/// The service has stopped: the hub and its feed end.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
 /// Closes every session with 1001 before the server stops.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -708,6 +708,19 @@ impl Handler<SmsQueued> for SmsDispatcher {
 #[rtype(result = "()")]
 pub struct Drain;
 
+/// The service has stopped (after `Drain`): the dispatcher ends, with its timers.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for SmsDispatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
 impl Handler<Drain> for SmsDispatcher {
     type Result = ResponseFuture<()>;
 

@@ -7,7 +7,7 @@ pub mod dispatcher;
 pub mod lease;
 pub mod log;
 
-pub use dispatcher::{DispatchConfig, Drain, SmsDispatcher};
+pub use dispatcher::{DispatchConfig, Drain, SmsDispatcher, Stop};
 
 use crate::config::{Sms, SmsProviderKind};
 use futures_util::future::BoxFuture;

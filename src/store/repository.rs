@@ -50,6 +50,8 @@ pub struct Repository {
     event_retention: Duration,
     pending: VecDeque<Pending>,
     writing: bool,
+    /// `Stop` came: no new batch starts.
+    stopping: bool,
     events_to: Vec<Recipient<EventsCommitted>>,
     sms_to: Vec<Recipient<SmsQueued>>,
 }
@@ -62,6 +64,7 @@ impl Repository {
             event_retention,
             pending: VecDeque::new(),
             writing: false,
+            stopping: false,
             events_to: Vec::new(),
             sms_to: Vec::new(),
         }
@@ -99,7 +102,11 @@ impl Repository {
                             to.do_send(SmsQueued(outcome.queued.clone()));
                         }
                     }
-                    act.flush(ctx);
+                    if act.stopping {
+                        ctx.stop();
+                    } else {
+                        act.flush(ctx);
+                    }
                 }),
         );
     }
@@ -141,6 +148,23 @@ impl Actor for Repository {
             let retention = act.event_retention;
             ctx.spawn(async move { maintenance::run(&db, retention).await }.into_actor(act));
         });
+    }
+}
+
+/// The service has stopped: the writer ends once its batch in flight (if any) is done;
+/// operations still queued are answered as unavailable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for Repository {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        self.stopping = true;
+        if !self.writing {
+            ctx.stop();
+        }
     }
 }
 
