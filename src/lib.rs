@@ -260,10 +260,10 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     }
     let write_config = write_config(&settings);
     let notify_tag = write_config.notify_tag.clone();
-    // Threads of this service's own: the writer, the hub with its feed, the SMS
-    // dispatcher (their actors stop with the service, see `Duka::run`).
-    let threads = [(); 3].map(|()| actix::Arbiter::new().handle());
-    let repo = Repository::new(db.clone(), write_config, retention).start_alone(&threads[0]);
+    // The writer, the hub with its feed and the SMS dispatcher each have a thread of their
+    // own (their actors stop with the service, see `Duka::run`).
+    let repo = Repository::new(db.clone(), write_config, retention)
+        .start_alone(&actix::Arbiter::new().handle());
     // First listener, before anything can write: the hub must see every commit after
     // `latest_seq`.
     let live = live::Live::start(
@@ -272,7 +272,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         db.clone(),
         latest_seq,
         notify_tag,
-        &threads[1],
+        &actix::Arbiter::new().handle(),
     );
     // For the readers outside the HTTP workers (sessions, the SMS dispatcher's sweeps);
     // every worker starts its own for its requests.
@@ -307,7 +307,10 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
             provider,
             (&settings.sms).into(),
         );
-        let dispatcher = sms::SmsDispatcher::start_in_arbiter(&threads[2], move |_| dispatcher);
+        let dispatcher =
+            sms::SmsDispatcher::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| {
+                dispatcher
+            });
         repo.do_send(ListenSms(dispatcher.clone().recipient()));
         Some(dispatcher)
     } else {

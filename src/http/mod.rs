@@ -283,13 +283,13 @@ pub async fn request_span(
     crate::metrics::http_request(response.request().method(), &route, status, latency);
     let latency_ms = latency.as_secs_f64() * 1000.0;
     // Who made the request (never the credential): the subject, once authenticated.
-    let subject = response
-        .request()
-        .extensions()
-        .get::<Principal>()
-        .map(|p| p.subject.clone());
-    let subject = subject.as_deref().unwrap_or("-");
-    span.in_scope(|| tracing::info!(%route, status, latency_ms, subject, "request finished"));
+    {
+        let extensions = response.request().extensions();
+        let subject = extensions
+            .get::<Principal>()
+            .map_or("-", |p| p.subject.as_str());
+        span.in_scope(|| tracing::info!(%route, status, latency_ms, subject, "request finished"));
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(X_REQUEST_ID, value);
     }
