@@ -285,6 +285,8 @@ pub struct Live {
     /// Frames queued for one client and not yet handed to its socket; over this the client
     /// is closed with 1013.
     pub max_buffered_frames: usize,
+    /// The same in bytes (of the frames' text): over it the client is closed with 1013.
+    pub max_buffered_bytes: usize,
     /// Recent events kept in memory so that most resumes need no database query.
     pub recent_events: usize,
     pub ping_interval_secs: u64,
@@ -463,6 +465,7 @@ impl Default for Live {
         Self {
             retention_days: 7,
             max_buffered_frames: 4096,
+            max_buffered_bytes: 256 * 1024,
             recent_events: 1024,
             ping_interval_secs: 15,
             max_lag_secs: 10,
@@ -940,6 +943,12 @@ impl Settings {
         }
         if self.live.max_buffered_frames == 0 {
             return Err(key_error("live.max_buffered_frames", "must be at least 1"));
+        }
+        if self.live.max_buffered_bytes < 4096 {
+            return Err(key_error(
+                "live.max_buffered_bytes",
+                "must be at least 4096 (bytes of queued frames)",
+            ));
         }
         if self.live.max_lag_secs == 0 {
             return Err(key_error("live.max_lag_secs", "must be at least 1"));

@@ -396,8 +396,8 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     })
 }
 
-/// Raises the soft limit on open files to the hard limit (every socket holds a descriptor,
-/// a WebSocket two); returns the limit in force.
+/// Raises the soft limit on open files to the hard limit (every socket holds a
+/// descriptor); returns the limit in force.
 fn raise_open_file_limit() -> u64 {
     #[cfg(unix)]
     {
@@ -439,11 +439,10 @@ fn raise_open_file_limit() -> u64 {
     }
 }
 
-/// Connections each worker may hold so that all of them, two descriptors each (a
-/// WebSocket's second is its watchdog handle), fit under the open file limit with room
-/// left for the database pool, log files and the like.
+/// Connections each worker may hold so that all of them, one descriptor each, fit under
+/// the open file limit with room left for the database pool, log files and the like.
 fn connections_per_worker(open_files: u64, workers: usize) -> usize {
     const RESERVED: u64 = 256;
-    let per_worker = open_files.saturating_sub(RESERVED) / 2 / (workers.max(1) as u64);
+    let per_worker = open_files.saturating_sub(RESERVED) / (workers.max(1) as u64);
     usize::try_from(per_worker.clamp(64, 25_000)).unwrap_or(25_000)
 }

@@ -20,6 +20,9 @@ pub const WS_CONNECTIONS: &str = "duka_websocket_connections";
 pub const LIVE_FEED_LAG: &str = "duka_live_feed_lag_seconds";
 pub const LIVE_HOLES_FILLED: &str = "duka_live_holes_filled_total";
 pub const LIVE_LISTENER_RECONNECTS: &str = "duka_live_listener_reconnects_total";
+pub const LIVE_SUBSCRIBERS: &str = "duka_live_subscribers";
+pub const LIVE_SLOW_CLOSED: &str = "duka_live_slow_closed_total";
+pub const LIVE_CUT: &str = "duka_live_connections_cut_total";
 
 /// Latency buckets in seconds: from a cached read to a request stuck behind a lock timeout.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -99,6 +102,20 @@ fn describe() {
         LIVE_LISTENER_RECONNECTS,
         "Times the live feed's LISTEN connection was lost and made again"
     );
+    describe_gauge!(
+        LIVE_SUBSCRIBERS,
+        "WebSocket sessions receiving live events (summed over the HTTP workers' shards)"
+    );
+    describe_counter!(
+        LIVE_SLOW_CLOSED,
+        "WebSocket clients closed with 1013 for falling behind (live.max_buffered_frames or \
+         live.max_buffered_bytes)"
+    );
+    describe_counter!(
+        LIVE_CUT,
+        "WebSocket connections cut under a session that could not run (its client stopped \
+         reading) or did not close in time"
+    );
     // Series without labels are shown from the start (at 0), not from their first change.
     counter!(ORDERS_CREATED).increment(0);
     gauge!(SMS_QUEUE_DEPTH).increment(0.0);
@@ -108,6 +125,9 @@ fn describe() {
     gauge!(LIVE_FEED_LAG).increment(0.0);
     counter!(LIVE_HOLES_FILLED).increment(0);
     counter!(LIVE_LISTENER_RECONNECTS).increment(0);
+    gauge!(LIVE_SUBSCRIBERS).increment(0.0);
+    counter!(LIVE_SLOW_CLOSED).increment(0);
+    counter!(LIVE_CUT).increment(0);
 }
 
 /// Prometheus text exposition of every metric.
@@ -210,4 +230,17 @@ pub fn live_holes_filled(n: u64) {
 
 pub fn live_listener_reconnected() {
     counter!(LIVE_LISTENER_RECONNECTS).increment(1);
+}
+
+/// Sessions joined (positive) or left (negative) one shard.
+pub fn live_subscribers_changed(delta: f64) {
+    gauge!(LIVE_SUBSCRIBERS).increment(delta);
+}
+
+pub fn live_slow_closed() {
+    counter!(LIVE_SLOW_CLOSED).increment(1);
+}
+
+pub fn live_connection_cut() {
+    counter!(LIVE_CUT).increment(1);
 }

@@ -1,9 +1,11 @@
-//! Every message of the live service, in one place: what the hub is told (by sessions, the
-//! writer, the feed and the app), and what it tells sessions. The hub holds each session as
-//! a `Recipient<ToSession>`, so `hub` and `session` do not know each other's types.
+//! Every message of the live service, in one place: what the hub is told (by the writer,
+//! the feed, its shards and the app), what it tells the shards, and what shards and
+//! sessions tell each other. A shard holds each session as a `Recipient<ToSession>`, so
+//! `shard` and `session` do not know each other's types.
 
 use super::filter::TypeFilter;
-use super::stall::Link;
+use super::link::Link;
+use super::shard::Shard;
 use crate::domain::event::{Event, EventType};
 use crate::domain::time::Timestamp;
 use actix::prelude::*;
@@ -30,13 +32,28 @@ impl EventFrame {
     }
 }
 
-// ---- hub -> session ---------------------------------------------------------------------
+// ---- hub -> shard -----------------------------------------------------------------------
+
+/// The next events, in `seq` order, following the last ones sent: one message per shard,
+/// however many sessions it holds.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish(pub Arc<[EventFrame]>);
+
+// ---- shard -> hub -----------------------------------------------------------------------
+
+/// A shard starts: it is sent every event after the seq in the reply.
+#[derive(Message)]
+#[rtype(result = "i64")]
+pub struct AddShard(pub Addr<Shard>);
+
+// ---- shard -> session -------------------------------------------------------------------
 
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum ToSession {
-    /// A live frame.
-    Deliver(EventFrame),
+    /// New frames wait in the session's outbox (its `Link`): write them all.
+    Flush,
     /// The client fell too far behind: close with 1013.
     Overflow,
     /// Its browser session was logged out: close with 1008.
@@ -45,7 +62,7 @@ pub enum ToSession {
     GoingAway,
 }
 
-// ---- session -> hub ---------------------------------------------------------------------
+// ---- session -> shard -------------------------------------------------------------------
 
 /// How a new subscriber starts.
 #[derive(Debug)]
@@ -88,13 +105,13 @@ pub struct Unsubscribe {
 // ---- the app -> hub ---------------------------------------------------------------------
 
 /// A browser session was logged out: its sockets are closed with 1008.
-#[derive(Message)]
+#[derive(Clone, Message)]
 #[rtype(result = "()")]
 pub struct SessionEnded {
     pub id_hash: String,
 }
 
-/// How many sessions receive live events.
+/// How many sessions receive live events (the hub sums its shards').
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct SubscriberCount;
@@ -104,7 +121,7 @@ pub struct SubscriberCount;
 #[rtype(result = "()")]
 pub struct Stop;
 
-/// Closes every session with 1001 before the server stops.
+/// Closes every session with 1001 before the server stops (the hub tells its shards).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;

@@ -1,6 +1,7 @@
 //! WsSession: one actor per WebSocket. It says hello, replays what the client missed (from
-//! the hub's memory or from the event log, page by page), then writes live frames from the
-//! hub; it pings the client and drops it when it falls silent.
+//! its shard's memory or from the event log, page by page), then writes live frames from the
+//! shard of its HTTP worker (see `shard`); it pings the client and drops it when it falls
+//! silent.
 //!
 //! The actor runs only when actix-web asks its response stream for more bytes, so a page
 //! of replay is read only once the previous one has been handed to the socket: a slow
@@ -8,9 +9,9 @@
 
 use super::Slot;
 use super::filter::TypeFilter;
-use super::hub::Hub;
+use super::link::Link;
 use super::protocol::{EventFrame, Start, Subscribe, SubscribeReply, ToSession, Unsubscribe};
-use super::stall::Link;
+use super::shard::Shard;
 use crate::auth::{AuthFailure, Authenticator, Proof};
 use crate::domain::time::Timestamp;
 use crate::store::Reader;
@@ -33,16 +34,16 @@ pub struct SessionConfig {
     pub replay_window: Duration,
 }
 
-/// Leaves the hub's table when the session ends, however it ends (the actor is dropped
+/// Leaves the shard's table when the session ends, however it ends (the actor is dropped
 /// even when its connection is cut without a close).
 struct Membership {
-    hub: Addr<Hub>,
+    shard: Addr<Shard>,
     id: u64,
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        self.hub.do_send(Unsubscribe { id: self.id });
+        self.shard.do_send(Unsubscribe { id: self.id });
     }
 }
 
@@ -59,7 +60,7 @@ pub struct Credentials {
 
 pub struct WsSession {
     id: u64,
-    hub: Addr<Hub>,
+    shard: Addr<Shard>,
     reader: Addr<Reader>,
     filter: TypeFilter,
     since: Option<i64>,
@@ -72,7 +73,7 @@ pub struct WsSession {
 impl WsSession {
     pub fn new(
         id: u64,
-        hub: Addr<Hub>,
+        shard: Addr<Shard>,
         reader: Addr<Reader>,
         filter: TypeFilter,
         since: Option<i64>,
@@ -81,7 +82,7 @@ impl WsSession {
     ) -> Self {
         Self {
             id,
-            hub,
+            shard,
             reader,
             filter,
             since,
@@ -224,7 +225,7 @@ impl Actor for WsSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.link.heard();
         self.membership = Some(Membership {
-            hub: self.hub.clone(),
+            shard: self.shard.clone(),
             id: self.id,
         });
         let subscribe = Subscribe {
@@ -252,7 +253,7 @@ impl Actor for WsSession {
             });
         }
         ctx.wait(
-            self.hub
+            self.shard
                 .send(subscribe)
                 .into_actor(self)
                 .map(|reply, act, ctx| match reply {
@@ -277,9 +278,11 @@ impl Handler<ToSession> for WsSession {
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
-            ToSession::Deliver(frame) => {
-                self.link.taken();
-                ctx.text(frame.text);
+            // Every frame waiting, in one go: they leave in one socket write.
+            ToSession::Flush => {
+                for frame in self.link.take() {
+                    ctx.text(frame.text);
+                }
             }
             ToSession::Overflow => self.close(
                 ctx,

@@ -1,19 +1,25 @@
-//! Stalled sessions, and the workaround that cuts them.
+//! Stalled sessions, and how they are cut.
 //!
 //! A WebSocket session's actor (actix-web-actors) runs only when actix-web asks its
 //! response stream for more bytes, which a socket whose client stopped reading never does:
-//! such a session can neither ping nor notice that it should close. So the hub watches each
-//! session's `Link` and cuts the TCP connection under it, through a second descriptor of
-//! the socket noted when the connection was accepted.
+//! such a session can neither ping nor notice that it should close. So its shard watches
+//! each session's `Link` and shuts down the TCP connection under it.
 //!
 //! The rule, in one place: a session not heard from for `idle_timeout + ping_interval`
 //! (see `stall_limit`), or told to close and not gone that long after, is cut.
+//!
+//! The cut uses the connection's own descriptor, noted (as a number, with both ends'
+//! addresses) when it was accepted; no second descriptor is held. It is safe because it
+//! runs only on the thread that serves the connection (the shard shares the session's HTTP
+//! worker): while the cut runs, that connection cannot be closed, so the descriptor is
+//! either still this connection's or was closed before. A number reused since by another
+//! socket is told apart by its addresses, and left alone.
 
 use actix_web::HttpRequest;
 use actix_web::dev::Extensions;
 use std::any::Any;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 /// How long a session may be silent (or take to close) before its connection is cut: the
 /// session itself drops a client silent for `idle_timeout`, and checks every
@@ -22,94 +28,155 @@ pub fn stall_limit(idle_timeout: Duration, ping_interval: Duration) -> Duration 
     idle_timeout + ping_interval
 }
 
-/// What a session and the hub share: the session's backlog and liveness.
-pub struct Link {
-    /// Frames sent by the hub and not yet written by the session.
-    queued: AtomicUsize,
-    epoch: Instant,
-    /// When the client was last heard from, in ms since `epoch`.
-    last_heard_ms: AtomicU64,
-    conn: Option<ConnHandle>,
-}
-
-impl Link {
-    pub fn new(conn: Option<ConnHandle>) -> Self {
-        Self {
-            queued: AtomicUsize::new(0),
-            epoch: Instant::now(),
-            last_heard_ms: AtomicU64::new(0),
-            conn,
-        }
-    }
-
-    pub fn heard(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_heard_ms.store(ms, Ordering::Relaxed);
-    }
-
-    pub fn silent_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
-    }
-
-    /// Frames handed to the session and not yet written.
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
-    }
-
-    pub fn sent(&self) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn taken(&self) {
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Cuts the TCP connection under a session that cannot act for itself.
-    pub fn cut(&self) {
-        if let Some(conn) = &self.conn {
-            conn.shutdown();
-        }
-    }
-}
-
-/// The raw socket of a plain TCP connection, noted when it is accepted.
+/// A plain TCP connection's socket, noted when it is accepted.
 #[derive(Debug, Clone, Copy)]
-struct ConnFd(#[cfg(unix)] std::os::fd::RawFd);
+struct ConnFd {
+    #[cfg(unix)]
+    fd: std::os::fd::RawFd,
+    local: SocketAddr,
+    peer: SocketAddr,
+}
 
-/// For `HttpServer::on_connect`: remembers each connection's socket.
+/// For `HttpServer::on_connect`: notes each connection's socket.
 pub fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
     #[cfg(unix)]
     if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
         use std::os::fd::AsRawFd;
-        ext.insert(ConnFd(tcp.as_raw_fd()));
+        if let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) {
+            ext.insert(ConnFd {
+                fd: tcp.as_raw_fd(),
+                local,
+                peer,
+            });
+        }
     }
     #[cfg(not(unix))]
     let _ = (conn, ext);
 }
 
-/// A second handle on a WebSocket's TCP socket, to cut it when its session is stuck.
-pub struct ConnHandle(std::net::TcpStream);
+/// How to cut a WebSocket's TCP connection when its session is stuck.
+#[derive(Debug)]
+pub struct ConnHandle {
+    conn: ConnFd,
+    /// The HTTP worker serving the connection: the only thread that may cut it.
+    thread: std::thread::ThreadId,
+}
 
 impl ConnHandle {
     pub fn of(req: &HttpRequest) -> Option<Self> {
-        #[cfg(unix)]
-        {
-            let fd = req.conn_data::<ConnFd>()?.0;
-            // SAFETY: the request is being served on this connection, so its socket is open
-            // for as long as this handler runs; the clone below owns a descriptor of its own.
-            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            let owned = borrowed.try_clone_to_owned().ok()?;
-            Some(Self(std::net::TcpStream::from(owned)))
+        Some(Self {
+            conn: *req.conn_data::<ConnFd>()?,
+            thread: std::thread::current().id(),
+        })
+    }
+
+    /// The descriptor, while it is still this connection's (see the module's note).
+    #[cfg(unix)]
+    fn fd(&self) -> Option<std::os::fd::RawFd> {
+        if std::thread::current().id() != self.thread {
+            tracing::error!("a connection may only be handled from the thread that serves it");
+            return None;
         }
-        #[cfg(not(unix))]
-        {
-            let _ = req;
-            None
+        let fd = self.conn.fd;
+        let same = sockaddr(fd, libc::getsockname) == Some(self.conn.local)
+            && sockaddr(fd, libc::getpeername) == Some(self.conn.peer);
+        same.then_some(fd)
+    }
+
+    /// Shuts the connection down (both ways), if its descriptor is still this connection.
+    pub fn shutdown(&self) {
+        #[cfg(unix)]
+        if let Some(fd) = self.fd() {
+            // SAFETY: shutdown takes a descriptor number and changes no memory; the number
+            // is this connection's socket (checked, on the one thread that can close it).
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+            }
         }
     }
 
-    fn shutdown(&self) {
-        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    /// Fixes the socket's kernel send buffer at `bytes` (Linux doubles it for its own
+    /// bookkeeping) instead of letting it grow to `tcp_wmem`'s maximum (4 MiB by default):
+    /// a client that reads slowly then holds up its own session within the bounds of its
+    /// outbox, rather than megabytes of kernel memory.
+    pub fn limit_send_buffer(&self, bytes: usize) {
+        #[cfg(unix)]
+        if let Some(fd) = self.fd() {
+            let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+            let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+            // SAFETY: setsockopt reads `len` bytes from `size`, a c_int that outlives the
+            // call; the descriptor is this connection's socket (checked just above).
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&raw const size).cast(),
+                    len,
+                );
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = bytes;
+    }
+}
+
+/// A socket's local or peer address (`getsockname` / `getpeername`), if it has one.
+#[cfg(unix)]
+fn sockaddr(
+    fd: std::os::fd::RawFd,
+    get: unsafe extern "C" fn(
+        libc::c_int,
+        *mut libc::sockaddr,
+        *mut libc::socklen_t,
+    ) -> libc::c_int,
+) -> Option<SocketAddr> {
+    // SAFETY: a zeroed sockaddr_storage is a valid value of it.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_storage>()).ok()?;
+    // SAFETY: `get` writes at most `len` bytes into `storage` and sets `len`; a closed or
+    // foreign descriptor only makes it fail.
+    let rc = unsafe { get(fd, (&raw mut storage).cast(), &mut len) };
+    if rc != 0 {
+        return None;
+    }
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a: libc::sockaddr_in = unsafe { *(&raw const storage).cast() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a: libc::sockaddr_in6 = unsafe { *(&raw const storage).cast() };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn addresses_are_read_back_from_a_descriptor_and_not_after_it_closed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let fd = client.as_raw_fd();
+        let peer = client.peer_addr().ok();
+        assert_eq!(sockaddr(fd, libc::getsockname), client.local_addr().ok());
+        assert_eq!(sockaddr(fd, libc::getpeername), peer);
+        drop(client);
+        // (Another test's socket may have the number by now, never with this peer.)
+        assert_ne!(sockaddr(fd, libc::getpeername), peer);
     }
 }

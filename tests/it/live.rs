@@ -416,11 +416,27 @@ async fn a_hundred_subscribers_each_get_all_fifty_events_in_order() {
 /// over `live.max_buffered_frames`; it then resumes with `since`.
 #[tokio::test]
 async fn a_client_that_does_not_read_is_closed_with_1013_and_others_carry_on() {
-    // Above the 32 events one round of concurrent writes may commit at once; pings far
-    // apart so that the stuck-connection watchdog does not end the slow client first.
+    // Above the 32 events one round of concurrent writes may commit at once.
+    a_slow_client_is_closed_with_1013(|live| live.max_buffered_frames = 128).await;
+}
+
+/// The same bound in bytes: a slow reader among fast ones is closed with 1013 once its
+/// queued frames are over `live.max_buffered_bytes`, however few they are.
+#[tokio::test]
+async fn a_slow_client_over_the_byte_bound_is_closed_with_1013_and_others_miss_nothing() {
+    a_slow_client_is_closed_with_1013(|live| {
+        live.max_buffered_frames = 1_000_000;
+        live.max_buffered_bytes = 32 * 1024;
+    })
+    .await;
+}
+
+async fn a_slow_client_is_closed_with_1013(bound: impl FnOnce(&mut duka::config::Live)) {
+    // Pings far apart so that the stuck-connection watchdog does not end the slow client
+    // first.
     let app = Arc::new(
         spawn_live_app_with(|s| {
-            s.live.max_buffered_frames = 128;
+            bound(&mut s.live);
             s.live.ping_interval_secs = 3600;
             s.live.idle_timeout_secs = 7200;
         })
@@ -735,4 +751,212 @@ async fn a_graceful_stop_closes_websockets_with_1001() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// How many of the process's descriptors are the server's end of the TCP connection whose
+/// client side has local port `client_port` (from /proc/PID/net/tcp and /proc/PID/fd).
+fn server_descriptors_of(pid: u32, client_port: u16) -> usize {
+    let mut inodes = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = cols[2]
+                .rsplit(':')
+                .next()
+                .map(|p| u16::from_str_radix(p, 16));
+            if remote_port == Some(Ok(client_port)) {
+                inodes.push(format!("socket:[{}]", cols[9]));
+            }
+        }
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the server's descriptors")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+        .count()
+}
+
+fn process_addr(duka: &crate::support::process::DukaProcess) -> std::net::SocketAddr {
+    duka.url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("a socket address")
+}
+
+async fn process_post(
+    duka: &crate::support::process::DukaProcess,
+    path: &str,
+    body: Value,
+) -> Value {
+    let r = duka
+        .client
+        .post(format!("{}{path}", duka.url))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 201, "POST {path}");
+    r.json().await.unwrap()
+}
+
+/// A client that stops reading entirely: its session cannot run, so its shard cuts the
+/// connection, and the one descriptor the server holds for it (no duplicate) is released.
+#[tokio::test]
+async fn a_stalled_client_is_cut_and_its_only_descriptor_released() {
+    let duka = crate::support::process::spawn_duka(
+        "[http]\nworkers = 2\n[http.rate_limit]\nenabled = false\n\
+         [live]\nping_interval_secs = 1\nidle_timeout_secs = 4\n\
+         max_buffered_frames = 1000000\nmax_buffered_bytes = 1073741824\n",
+        "",
+    )
+    .await;
+    let addr = process_addr(&duka);
+    let customer = process_post(
+        &duka,
+        "/api/v1/customers",
+        json!({"name": "Stalled", "phone": unique_phone()}),
+    )
+    .await;
+    let mut stalled = connect_small_window_at(addr, "").await;
+    hello(&mut stalled).await;
+    let port = stalled.get_ref().get_ref().local_addr().unwrap().port();
+    assert_eq!(
+        server_descriptors_of(duka.pid, port),
+        1,
+        "one descriptor per WebSocket"
+    );
+
+    // Far more than the socket buffers hold (the server fixes its send buffer at 64 KiB),
+    // quickly, while the client reads nothing.
+    let long = "x".repeat(190);
+    let mut posts = Vec::new();
+    for _ in 0..16 {
+        let (client, url, cid, long) = (
+            duka.client.clone(),
+            duka.url.clone(),
+            id(&customer),
+            long.clone(),
+        );
+        posts.push(tokio::spawn(async move {
+            for _ in 0..60 {
+                let r = client
+                    .post(format!("{url}/api/v1/orders"))
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"customer_id": cid, "item": long, "amount": "1.00"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        }));
+    }
+    for post in posts {
+        post.await.unwrap();
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server_descriptors_of(duka.pid, port) != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled connection still holds its descriptor: {:?}",
+            duka.output()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(duka.metric("duka_live_connections_cut_total").await, 1.0);
+    assert!(
+        duka.output()
+            .iter()
+            .any(|l| l.contains("live client stuck; dropping its connection")),
+        "{:?}",
+        duka.output()
+    );
+    duka.await_metric("duka_live_subscribers", 0.0).await;
+    duka.await_metric("duka_websocket_connections", 0.0).await;
+    drop(stalled);
+}
+
+/// After 1,000 connects and disconnects over two workers' shards, the shards' subscriber
+/// count, its gauge and the connection gauge all agree on the one socket that stayed.
+#[tokio::test]
+async fn subscriber_counts_and_the_gauge_agree_after_a_thousand_connects() {
+    let duka = crate::support::process::spawn_duka(
+        "[http]\nworkers = 2\n[http.rate_limit]\nenabled = false\n",
+        "",
+    )
+    .await;
+    let addr = process_addr(&duka);
+    let connect = || async move {
+        let (ws, _) = tokio_tungstenite::connect_async(request_at(addr, "", Some(TOKEN)))
+            .await
+            .expect("WebSocket connect");
+        ws
+    };
+    let mut keep = connect().await;
+    hello(&mut keep).await;
+    for i in 0..1000 {
+        let mut ws = connect().await;
+        hello(&mut ws).await;
+        match i % 3 {
+            0 => ws.close(None).await.unwrap(),
+            1 => drop(ws),
+            _ => {
+                ws.send(Message::Close(None)).await.unwrap();
+                drop(ws);
+            }
+        }
+    }
+    duka.await_metric("duka_live_subscribers", 1.0).await;
+    duka.await_metric("duka_websocket_connections", 1.0).await;
+    // The one that stayed still works.
+    let customer = process_post(
+        &duka,
+        "/api/v1/customers",
+        json!({"name": "Stayed", "phone": unique_phone()}),
+    )
+    .await;
+    assert_eq!(next_json(&mut keep).await["data"]["id"], customer["id"]);
+}
+
+/// With four workers (four shards), sockets spread over them all see the identical,
+/// gap-free sequence while sixteen writers publish at once.
+#[tokio::test]
+async fn shards_deliver_the_same_sequence_in_order_under_concurrent_writers() {
+    let app = Arc::new(spawn_live_app_with(|s| s.http.workers = 4).await);
+    let customer = app.create_customer(json!({})).await;
+    let cid = id(&customer);
+    let mut readers = Vec::new();
+    for _ in 0..24 {
+        let mut ws = connect(&app, "").await;
+        assert_eq!(hello(&mut ws).await, 1);
+        readers.push(tokio::spawn(async move { next_n(&mut ws, 320).await }));
+    }
+    app.await_subscribers(24).await;
+    let mut writers = Vec::new();
+    for _ in 0..16 {
+        let app = app.clone();
+        let cid = cid.clone();
+        writers.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                app.create_order(&cid, json!({})).await;
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut first: Option<Vec<Value>> = None;
+    for reader in readers {
+        let frames = reader.await.unwrap();
+        assert_consecutive(&frames, 2);
+        let ids: Vec<Value> = frames.iter().map(|f| f["data"]["id"].clone()).collect();
+        match &first {
+            None => first = Some(ids),
+            Some(ids0) => assert_eq!(&ids, ids0, "every shard sends the same events"),
+        }
+    }
 }

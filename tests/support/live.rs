@@ -108,7 +108,16 @@ pub fn request(
     query: &str,
     token: Option<&str>,
 ) -> tungstenite::handshake::client::Request {
-    let mut request = ws_url(app, query)
+    request_at(app.addr, query, token)
+}
+
+/// The upgrade request to a server at `addr` (e.g. a `duka` process).
+pub fn request_at(
+    addr: std::net::SocketAddr,
+    query: &str,
+    token: Option<&str>,
+) -> tungstenite::handshake::client::Request {
+    let mut request = format!("ws://{addr}/api/v1/ws{query}")
         .into_client_request()
         .expect("a WebSocket request");
     if let Some(token) = token {
@@ -139,11 +148,16 @@ pub async fn try_connect(
 
 /// Connects through a socket with a tiny receive buffer, for a client that falls behind.
 pub async fn connect_small_window(app: &TestApp, query: &str) -> Ws {
+    connect_small_window_at(app.addr, query).await
+}
+
+/// The same, to a server at `addr`.
+pub async fn connect_small_window_at(addr: std::net::SocketAddr, query: &str) -> Ws {
     let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let stream = socket.connect(app.addr).await.expect("TCP connect");
+    let stream = socket.connect(addr).await.expect("TCP connect");
     let (ws, _) = tokio_tungstenite::client_async(
-        request(app, query, Some(super::TOKEN)),
+        request_at(addr, query, Some(super::TOKEN)),
         MaybeTlsStream::Plain(stream),
     )
     .await
