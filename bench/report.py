@@ -228,11 +228,13 @@ def fanout_section(p, r):
         return
     mib = lambda kib: fmt(kib / 1024 if kib is not None else None)
     if fan:
+        hwm = (r.get(f"hwm_fanout_{fan['subscribers']}") or {}).get("kib")
         p(f"Live fan-out: {fan['subscribers']} subscribers (all event types), {fan['connected']} connected in "
-          f"{fmt(fan['connect_seconds'])} s" + (f"; {fan['connect_failed']} failed, e.g. {fan['connect_error_samples'][:1]}"
+          f"{fmt(fan['connect_seconds'])} s" + (f"; {fan['connect_failed']} did not, e.g. {fan['connect_error_samples'][:2]}"
                                                if fan.get("connect_failed") else ""))
         p(f"  RSS: fresh process {mib(fan['rss_before_kib'])} MiB, with the idle sockets {mib(fan['rss_connected_kib'])} MiB "
-          f"= {fmt(fan['bytes_per_connection'])} B per socket; max after a rate {mib(fan.get('rss_max_after_load_kib'))} MiB")
+          f"= {fmt(fan['bytes_per_connection'])} B per socket; max after a rate {mib(fan.get('rss_max_after_load_kib'))} MiB; "
+          f"peak (VmHWM) {mib(hwm)} MiB")
     if lim:
         p(f"  limit (loadgen raw-server: pre-built frames of duka's shape, the same reader): {lim['connected']} of "
           f"{lim['subscribers']} sockets, {fmt(lim['frames_per_s'])} frames/s over {fmt(lim['seconds'])} s, "
@@ -261,6 +263,9 @@ def fanout_section(p, r):
               f"closed {c0['closed']}")
         if fan.get("close_samples"):
             p(f"  closes, e.g.: {fan['close_samples'][:3]}")
+        for x in fan["phases"][1:]:
+            if x.get("post_errors"):
+                p(f"  POST errors at {load_name(x)}: {x['post_errors']}, e.g. {x['post_error_samples'][:2]}")
         for x in fan["phases"][1:]:
             if x.get("threads"):
                 cpu_block(p, f"duka, fan-out at {load_name(x)}", x["threads"])
@@ -300,14 +305,18 @@ def fanout_targets(r):
     t.append((f"RSS with {fan['connected']} idle sockets <= {FAN_IDLE_BYTES_PER_SOCKET // 1024} KiB per socket "
               f"({fmt(bpc)} B)", bpc is not None and fan["connected"] > 0 and bpc <= FAN_IDLE_BYTES_PER_SOCKET))
     heavy, idle = fan.get("rss_max_after_load_kib"), fan.get("rss_connected_kib")
+    # With no frame delivered there was no fan-out to judge memory or misses under.
+    delivered = sum(x.get("frames") or 0 for x in fan["phases"][1:])
+    none = "" if delivered else "; no frame was delivered: nothing judged"
     t.append((f"RSS under the heaviest fan-out <= {FAN_LOADED_VS_IDLE_RSS:g}x the idle sockets' "
               f"({fmt(heavy / 1024 if heavy else None)} MiB, the max after any rate, vs "
-              f"{FAN_LOADED_VS_IDLE_RSS:g} x {fmt(idle / 1024 if idle else None)} MiB)",
-              heavy is not None and idle is not None and heavy <= FAN_LOADED_VS_IDLE_RSS * idle))
+              f"{FAN_LOADED_VS_IDLE_RSS:g} x {fmt(idle / 1024 if idle else None)} MiB{none})",
+              bool(delivered) and heavy is not None and idle is not None and heavy <= FAN_LOADED_VS_IDLE_RSS * idle))
     bad = {k: fan[k] + (lim or {}).get(k, 0) for k in ("missed_events", "duplicates")}
     bad["missed_orders"] = fan["missed_orders"]
     t.append((f"no event missed or duplicated, at any rate and in the limit ({', '.join(f'{k} {v}' for k, v in bad.items())}; "
-              f"subscribers closed: {fan['closed_early']}, with 1013: {fan['closed_1013']})", not any(bad.values())))
+              f"subscribers closed: {fan['closed_early']}, with 1013: {fan['closed_1013']}{none})",
+              bool(delivered) and not any(bad.values())))
     return t
 
 

@@ -323,7 +323,8 @@ struct Connected {
     subs: Vec<JoinHandle<Option<Sub>>>,
     connected: usize,
     failed: usize,
-    samples: Vec<String>,
+    /// Why some did not connect (filled in until their handshakes end, after the phase).
+    samples: Arc<Mutex<Vec<String>>>,
     seconds: f64,
 }
 
@@ -398,7 +399,6 @@ async fn connect_all(
     let seconds = t0.elapsed().as_secs_f64();
     let connected = connected.load(Ordering::Relaxed);
     eprintln!("fanout: {connected}/{n} connected in {seconds:.1}s");
-    let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
     Connected {
         subs,
         connected,
@@ -406,6 +406,10 @@ async fn connect_all(
         samples,
         seconds,
     }
+}
+
+fn samples_of(s: &Mutex<Vec<String>>) -> Vec<String> {
+    s.lock().map(|s| s.clone()).unwrap_or_default()
 }
 
 /// Stops every subscriber and collects what they saw (bounded: 30 s, then the rest are
@@ -722,7 +726,7 @@ pub async fn fanout(a: &Args) -> Result<Value, AnyError> {
     let rss_max = results.iter().filter_map(|r| r["rss_kib"].as_u64()).max();
     Ok(json!({
         "kind": "fanout", "pid": pid, "subscribers": n, "connected": conn.connected,
-        "connect_failed": conn.failed, "connect_error_samples": conn.samples,
+        "connect_failed": conn.failed, "connect_error_samples": samples_of(&conn.samples),
         "connect_seconds": conn.seconds, "duration": duration.as_secs_f64(),
         "rss_before_kib": rss_before, "rss_connected_kib": rss_connected,
         "bytes_per_connection": bytes_per_conn, "rss_max_after_load_kib": rss_max,
@@ -803,7 +807,7 @@ pub async fn fanout_limit(a: &Args) -> Result<Value, AnyError> {
     let frames = window["frames"].as_u64().unwrap_or(0);
     let mut out = json!({
         "kind": "fanout-limit", "pid": pid, "subscribers": n, "connected": conn.connected,
-        "connect_failed": conn.failed, "connect_error_samples": conn.samples,
+        "connect_failed": conn.failed, "connect_error_samples": samples_of(&conn.samples),
         "connect_seconds": conn.seconds, "seconds": seconds,
         "frames_per_s": (frames as f64 / seconds).round() as u64,
         "missed_events": sum("missed_events"), "duplicates": sum("duplicates"),
