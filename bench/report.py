@@ -242,17 +242,22 @@ def fanout_section(p, r):
           f"closed {lim['closed_early']}; its RSS {mib(lim['rss_connected_kib'])} MiB connected "
           f"({fmt(lim['bytes_per_connection'])} B per socket), {mib(lim['rss_after_kib'])} MiB writing")
     if fan:
-        p("  latency = the client read the POST's 201 -> a subscriber read the order.created frame; frames/s = all frames")
+        p("  frame latency = the client read the POST's 201 -> a subscriber read the order.created frame (0 when the")
+        p("  frame came first: 'early' is their share); 'snd p99' = from the POST being sent; frames/s = all frames")
         p("  read by all subscribers from the rate's first POST to the end of its drain (bounded), over that time")
-        p(f"  {'load':>7} {'orders/s':>8} {'frames/s':>9} {'B/fr':>4} | {'frame p50':>9} {'p99':>7} {'max':>7} | "
+        p(f"  {'load':>7} {'orders/s':>8} {'frames/s':>9} {'B/fr':>4} | {'frame p50':>9} {'p99':>7} {'max':>7} "
+          f"{'snd p99':>7} {'early':>5} | "
           f"{'POST p50':>8} {'p99':>7} {'err':>4} | {'missed':>6} {'m.ord':>5} {'dup':>3} {'closed':>6} {'1013':>4} "
           f"{'open':>5} {'drain s':>7} | {'RSS MiB':>7} {'CPU %':>5}")
         for x in fan["phases"][1:]:
             fl, pl = x.get("frame_latency", {}), x.get("post_latency", {})
             cpu = (x.get("threads") or {}).get("process_cpu_pct")
+            snd = (x.get("frame_latency_from_send") or {}).get("p99_ms")
+            early = ratio(x.get("received_before_response"), x.get("order_frames"))
             p(f"  {load_name(x):>7} {fmt(x['orders_per_s']):>8} {fmt(x['frames_per_s']):>9} "
               f"{fmt(x.get('mean_frame_bytes')):>4} | {fmt(fl.get('p50_ms')):>9} {fmt(fl.get('p99_ms')):>7} "
-              f"{fmt(fl.get('max_ms')):>7} | {fmt(pl.get('p50_ms')):>8} {fmt(pl.get('p99_ms')):>7} "
+              f"{fmt(fl.get('max_ms')):>7} {fmt(snd):>7} {fmt(round(100 * early) if early is not None else None, '%'):>5} | "
+              f"{fmt(pl.get('p50_ms')):>8} {fmt(pl.get('p99_ms')):>7} "
               f"{x['post_errors']:>4} | {x['missed_events']:>6} {x['missed_orders']:>5} {x['duplicates']:>3} "
               f"{x['closed']:>6} {x['closed_1013']:>4} {x['subscribers_open']:>5} "
               f"{fmt(x['drain_seconds']) + ('' if x['drained'] else '!'):>7} | {mib(x['rss_kib']):>7} {fmt(cpu):>5}")

@@ -110,7 +110,8 @@ struct Phase {
     gone: AtomicUsize,
     /// order.created frames read before the client had read that POST's 201 (latency 0).
     early: AtomicU64,
-    latency: Vec<Mutex<Histogram<u64>>>,
+    /// Frame latency from the POST's 201 and from the POST being sent.
+    latency: Vec<Mutex<(Histogram<u64>, Histogram<u64>)>>,
 }
 
 /// The run as its subscribers see it.
@@ -122,6 +123,8 @@ struct Feed {
     offset: u64,
     /// When the client read each order's 201 (µs since `epoch`, at least 1; 0 = not yet).
     resp_us: Vec<AtomicU64>,
+    /// When the client sent each order's POST (µs since `epoch`, at least 1).
+    sent_us: Vec<AtomicU64>,
     epoch: Instant,
     /// Set when the connect phase is over: a socket that opens later is dropped.
     late: AtomicBool,
@@ -146,7 +149,9 @@ impl Feed {
                     done: AtomicUsize::new(0),
                     gone: AtomicUsize::new(0),
                     early: AtomicU64::new(0),
-                    latency: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
+                    latency: (0..SHARDS)
+                        .map(|_| Mutex::new((histogram(), histogram())))
+                        .collect(),
                 };
                 first += cap;
                 p
@@ -157,6 +162,7 @@ impl Feed {
             current: AtomicUsize::new(0),
             offset,
             resp_us: (0..first).map(|_| AtomicU64::new(0)).collect(),
+            sent_us: (0..first).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
             late: AtomicBool::new(false),
         }
@@ -168,14 +174,16 @@ impl Feed {
             .position(|p| (p.first..p.first + p.cap).contains(&g))
     }
 
-    fn latency(&self, p: usize) -> Histogram<u64> {
-        let mut h = histogram();
+    /// Phase p's frame latency: from the 201, from the POST being sent.
+    fn latency(&self, p: usize) -> (Histogram<u64>, Histogram<u64>) {
+        let (mut from_201, mut from_send) = (histogram(), histogram());
         for shard in &self.phases[p].latency {
             if let Ok(s) = shard.lock() {
-                let _ = h.add(&*s);
+                let _ = from_201.add(&s.0);
+                let _ = from_send.add(&s.1);
             }
         }
-        h
+        (from_201, from_send)
     }
 }
 
@@ -287,8 +295,10 @@ async fn read_feed(
         } else {
             now.saturating_sub(t)
         };
+        let sent = feed.sent_us[g as usize].load(Ordering::Acquire);
         if let Ok(mut h) = feed.phases[q].latency[shard % SHARDS].lock() {
-            h.saturating_record(us.max(1));
+            h.0.saturating_record(us.max(1));
+            h.1.saturating_record(now.saturating_sub(sent).max(1));
         }
         mark(q, &orders, &mut marked);
     };
@@ -465,7 +475,8 @@ enum Load {
     Closed(usize),
 }
 
-/// POSTs order g; on its 201 (body read) marks when the client read it. Its latency in µs.
+/// POSTs order g, marking when it was sent and when the client read its 201 (body read).
+/// Its latency in µs.
 async fn post_order(
     http: reqwest::Client,
     url: Arc<str>,
@@ -475,6 +486,8 @@ async fn post_order(
     customers: u64,
 ) -> Result<u64, String> {
     let t0 = Instant::now();
+    let sent = (feed.epoch.elapsed().as_micros() as u64).max(1);
+    feed.sent_us[g as usize].store(sent, Ordering::Release);
     let r = http
         .post(format!("{url}/api/v1/orders"))
         .bearer_auth(&*token)
@@ -682,12 +695,15 @@ pub async fn fanout(a: &Args) -> Result<Value, AnyError> {
             .map(|s| produced.saturating_sub(s.orders[p]))
             .sum();
         let ph = &feed.phases[p];
+        let (from_201, from_send) = feed.latency(p);
         merge(
             out,
             json!({
                 "missed_orders": missed,
                 "received_before_response": ph.early.load(Ordering::Relaxed),
-                "frame_latency": summary(&feed.latency(p)),
+                "order_frames": from_201.len(),
+                "frame_latency": summary(&from_201),
+                "frame_latency_from_send": summary(&from_send),
             }),
         );
     }
