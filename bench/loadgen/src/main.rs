@@ -5,22 +5,23 @@
 //!   loadgen setup   --url U --token T --customers N
 //!   loadgen create  --url U --token T --customers N --concurrency C --duration S [--total M]
 //!   loadgen read    --url U --token T --path P --concurrency C --duration S   (P may hold {id})
-//!   loadgen fanout  --url U --token T --customers N --subscribers N --rate R --duration S
-//!                   [--pid PID] [--sources K]
+//!   loadgen fanout  --url U --token T --customers N --subscribers N --duration S
+//!                   [--rates 5,20,50,100] [--closed 16] [--pid PID]   (src/fanout.rs)
+//!   loadgen fanout-limit --subscribers N --duration S   (against `loadgen raw-server`)
 //!   loadgen cross   --url A --watch B --token T --customers N --rate R --duration S
 //!                   orders POSTed to instance A, received live on instance B
 //!   loadgen sqlite-direct --db FILE --customers N --concurrency C --duration S [--per-tx K]
+
+mod fanout;
 
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -147,7 +148,9 @@ impl Tally {
 async fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = raw.split_first() else {
-        eprintln!("usage: loadgen setup|create|read|fanout|sqlite-direct --key value ...");
+        eprintln!(
+            "usage: loadgen setup|create|read|fanout|fanout-limit|raw-server|cross|sqlite-direct --key value ..."
+        );
         std::process::exit(2);
     };
     let result = match Args::parse(rest) {
@@ -155,7 +158,9 @@ async fn main() {
             "setup" => setup(&args).await,
             "create" => create(&args).await,
             "read" => read(&args).await,
-            "fanout" => fanout(&args).await,
+            "fanout" => fanout::fanout(&args).await,
+            "fanout-limit" => fanout::fanout_limit(&args).await,
+            "raw-server" => fanout::raw_server(&args).await,
             "cross" => cross(&args).await,
             "sqlite-direct" => sqlite_direct(&args).await,
             other => Err(format!("unknown command {other}").into()),
@@ -410,27 +415,6 @@ async fn read(a: &Args) -> Result<Value, AnyError> {
     Ok(out)
 }
 
-fn rss_kib(pid: Option<u32>) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// What one subscriber saw.
-#[derive(Default)]
-struct SubStats {
-    frames: u64,
-    orders: u64,
-    /// Events skipped: the sum of every jump in `seq` beyond one.
-    gaps: u64,
-    duplicates: u64,
-    /// order.created frames that arrived before the client had read that POST's response
-    /// (their latency counts as 0).
-    early: u64,
-    closed: Option<String>,
-    latencies_us: Vec<u32>,
-}
-
 fn field_i64(text: &str, key: &str) -> Option<i64> {
     let at = text.find(key)? + key.len();
     let rest = &text[at..];
@@ -438,36 +422,6 @@ fn field_i64(text: &str, key: &str) -> Option<i64> {
         .find(|c: char| !(c.is_ascii_digit() || c == '-'))
         .unwrap_or(rest.len());
     rest[..end].parse().ok()
-}
-
-/// Opens one WebSocket from `source` and reads the hello frame: its `seq`.
-async fn subscribe(
-    server: SocketAddr,
-    source: Ipv4Addr,
-    token: &str,
-) -> Result<
-    (
-        tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-        i64,
-    ),
-    AnyError,
-> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(source.into(), 0))?;
-    let stream = socket.connect(server).await?;
-    stream.set_nodelay(true)?;
-    let url = format!("ws://{server}/api/v1/ws?access_token={token}");
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    let hello = tokio::time::timeout(REQUEST_TIMEOUT, ws.next())
-        .await
-        .map_err(|_| "no hello frame")?
-        .ok_or("closed before hello")??;
-    let text = hello.into_text()?;
-    if !text.contains("\"hello\"") {
-        return Err(format!("first frame is not hello: {text}").into());
-    }
-    let seq = field_i64(&text, "\"seq\":").ok_or("hello without seq")?;
-    Ok((ws, seq))
 }
 
 /// Cross-instance delivery: one subscriber on instance B (`--watch`), orders POSTed to
@@ -490,7 +444,7 @@ async fn cross(a: &Args) -> Result<Value, AnyError> {
         .parse()
         .map_err(|_| "--watch must be http://IP:PORT")?;
     let planned = (rate * duration.as_secs_f64()).ceil() as u64;
-    let (mut ws, hello) = subscribe(server, Ipv4Addr::LOCALHOST, &token).await?;
+    let (mut ws, hello) = fanout::subscribe(server, Ipv4Addr::LOCALHOST, &token).await?;
     let epoch = Instant::now();
     let sent_us: Arc<Vec<AtomicU64>> = Arc::new((0..planned).map(|_| AtomicU64::new(0)).collect());
     let acked_us: Arc<Vec<AtomicU64>> = Arc::new((0..planned).map(|_| AtomicU64::new(0)).collect());
@@ -579,291 +533,6 @@ async fn cross(a: &Args) -> Result<Value, AnyError> {
         &mut out,
         json!({"from_send": summary(&from_send), "from_201": summary(&from_ack)}),
     );
-    Ok(out)
-}
-
-/// N WebSocket subscribers; orders POSTed at a steady rate; each subscriber checks `seq`
-/// continuity and measures POST response -> frame receipt for every order.created.
-async fn fanout(a: &Args) -> Result<Value, AnyError> {
-    let url = a.str("url")?;
-    loopback_only(&url)?;
-    let token = a.str("token")?;
-    let customers: u64 = a.num("customers", None)?;
-    let n: usize = a.num("subscribers", None)?;
-    let rate: f64 = a.num("rate", None)?;
-    let duration = a.duration()?;
-    let offset: u64 = a.num("offset", Some(0))?;
-    let pid: Option<u32> = a.0.get("pid").and_then(|p| p.parse().ok());
-    let sources: usize = a.num("sources", Some(n.div_ceil(20_000).max(1)))?;
-    let settle = Duration::from_secs_f64(a.num("settle", Some(3.0))?);
-    let server: SocketAddr = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .map_err(|_| "--url must be http://IP:PORT")?;
-    if !server.ip().is_loopback() {
-        return Err("loopback only".into());
-    }
-    let planned = (rate * duration.as_secs_f64()).ceil() as u64;
-    let rss_before = rss_kib(pid);
-
-    // Connect everyone (at most 256 handshakes at a time), each ready on its hello.
-    let t_connect = Instant::now();
-    let gate = Arc::new(Semaphore::new(256));
-    let connected = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    // 0: connected, waiting; 1: load running; 2: `produced_ok` is final; 3: stop.
-    let (state_tx, state_rx) = tokio::sync::watch::channel(0u8);
-    let resp_us: Arc<Vec<AtomicU64>> = Arc::new((0..planned).map(|_| AtomicU64::new(0)).collect());
-    let produced_ok = Arc::new(AtomicU64::new(u64::MAX));
-    let done = Arc::new(AtomicUsize::new(0));
-    let epoch = Instant::now();
-    let mut subs = Vec::with_capacity(n);
-    for i in 0..n {
-        let source = Ipv4Addr::new(127, 0, 0, 1 + (i % sources) as u8);
-        let (gate, connected, failed, token) = (
-            gate.clone(),
-            connected.clone(),
-            failed.clone(),
-            token.clone(),
-        );
-        let (mut rx, resp_us, produced_ok, done) = (
-            state_rx.clone(),
-            resp_us.clone(),
-            produced_ok.clone(),
-            done.clone(),
-        );
-        subs.push(tokio::spawn(async move {
-            let mut st = SubStats::default();
-            let permit = gate.acquire_owned().await;
-            let (mut ws, mut last) = match subscribe(server, source, &token).await {
-                Ok(x) => x,
-                Err(e) => {
-                    if failed.fetch_add(1, Ordering::Relaxed) < 3 {
-                        eprintln!("subscriber {i}: {e}");
-                    }
-                    st.closed = Some(format!("connect: {e}"));
-                    return (st, None);
-                }
-            };
-            drop(permit);
-            connected.fetch_add(1, Ordering::Relaxed);
-            let mut marked = false;
-            loop {
-                let state = *rx.borrow_and_update();
-                if state >= 3 {
-                    break;
-                }
-                if state == 2 && !marked && st.orders >= produced_ok.load(Ordering::Acquire) {
-                    marked = true;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                let m = tokio::select! {
-                    _ = rx.changed() => continue,
-                    m = ws.next() => m,
-                };
-                let text = match m {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(c))) => {
-                        st.closed = Some(format!("close frame {c:?}"));
-                        break;
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        st.closed = Some(format!("error {e}"));
-                        break;
-                    }
-                    None => {
-                        st.closed = Some("eof".into());
-                        break;
-                    }
-                };
-                st.frames += 1;
-                let now = epoch.elapsed().as_micros() as u64;
-                let Some(seq) = field_i64(&text, "\"seq\":") else {
-                    continue;
-                };
-                if seq == last + 1 {
-                    last = seq;
-                } else if seq <= last {
-                    st.duplicates += 1;
-                } else {
-                    st.gaps += (seq - last - 1) as u64;
-                    last = seq;
-                }
-                if text.starts_with("{\"type\":\"order.created\"")
-                    && let Some(k) = field_i64(&text, "\"item\":\"bench #")
-                {
-                    let k = (k as u64).wrapping_sub(offset);
-                    st.orders += 1;
-                    if let Some(slot) = resp_us.get(k as usize) {
-                        let t = slot.load(Ordering::Acquire);
-                        if t == 0 {
-                            st.early += 1;
-                            st.latencies_us.push(0);
-                        } else {
-                            st.latencies_us
-                                .push(u32::try_from(now.saturating_sub(t)).unwrap_or(u32::MAX));
-                        }
-                    }
-                }
-            }
-            (st, Some(ws))
-        }));
-    }
-    // Bounded: 300 s in all, and 15 s without a single socket more (a server out of file
-    // descriptors leaves the rest hanging in its accept queue).
-    let connect_deadline = Instant::now() + Duration::from_secs(300);
-    let (mut progress, mut progress_at) = (0, Instant::now());
-    loop {
-        let seen = connected.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
-        if seen >= n || Instant::now() >= connect_deadline {
-            break;
-        }
-        if seen != progress {
-            (progress, progress_at) = (seen, Instant::now());
-        } else if progress_at.elapsed() > Duration::from_secs(15) {
-            eprintln!("fanout: no new connection for 15 s; going on with {seen}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let connect_s = t_connect.elapsed().as_secs_f64();
-    let n_connected = connected.load(Ordering::Relaxed);
-    eprintln!("fanout: {n_connected}/{n} connected in {connect_s:.1}s");
-    tokio::time::sleep(settle).await;
-    let rss_connected = rss_kib(pid);
-
-    // Steady producer: one POST every 1/rate s, each on its own task.
-    state_tx.send_replace(1);
-    let http = client(64)?;
-    let ok = Arc::new(AtomicU64::new(0));
-    let post_errors = Arc::new(Mutex::new(Tally::default()));
-    let post_h = Arc::new(Mutex::new(histogram()));
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut posts = Vec::with_capacity(planned as usize);
-    let t_load = Instant::now();
-    for k in 0..planned {
-        tick.tick().await;
-        let (http, url, token, resp_us, ok, post_errors, post_h) = (
-            http.clone(),
-            url.clone(),
-            token.clone(),
-            resp_us.clone(),
-            ok.clone(),
-            post_errors.clone(),
-            post_h.clone(),
-        );
-        posts.push(tokio::spawn(async move {
-            let t0 = Instant::now();
-            let r = http
-                .post(format!("{url}/api/v1/orders"))
-                .bearer_auth(&token)
-                .json(&order_body(offset + k, customers))
-                .send()
-                .await;
-            match r {
-                Ok(r) if r.status().as_u16() == 201 => {
-                    let _ = r.bytes().await;
-                    let now = (epoch.elapsed().as_micros() as u64).max(1);
-                    resp_us[k as usize].store(now, Ordering::Release);
-                    ok.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut h) = post_h.lock() {
-                        h.saturating_record((t0.elapsed().as_micros() as u64).max(1));
-                    }
-                }
-                Ok(r) => {
-                    let s = r.status();
-                    if let Ok(mut e) = post_errors.lock() {
-                        e.error(s.to_string());
-                    }
-                }
-                Err(e) => {
-                    if let Ok(mut t) = post_errors.lock() {
-                        t.error(e.to_string());
-                    }
-                }
-            }
-        }));
-    }
-    for p in posts {
-        p.await?;
-    }
-    let load_s = t_load.elapsed().as_secs_f64();
-    let produced = ok.load(Ordering::Relaxed);
-    produced_ok.store(produced, Ordering::Release);
-    state_tx.send_replace(2);
-    // Every subscriber still connected must see every acknowledged order; bounded wait.
-    let drain_deadline = Instant::now() + Duration::from_secs(60);
-    let t_drain = Instant::now();
-    loop {
-        let finished = subs.iter().filter(|s| s.is_finished()).count();
-        if done.load(Ordering::Relaxed) + finished >= n || Instant::now() >= drain_deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let drain_s = t_drain.elapsed().as_secs_f64();
-    let rss_after = rss_kib(pid);
-    state_tx.send_replace(3);
-
-    let mut lat = histogram();
-    let mut frames = 0;
-    let mut gaps = 0;
-    let mut duplicates = 0;
-    let mut early = 0;
-    let mut missed_orders = 0;
-    let mut closed = 0;
-    let mut close_samples: Vec<String> = Vec::new();
-    let mut sockets = Vec::new();
-    for s in subs {
-        let (st, ws) = s.await?;
-        frames += st.frames;
-        gaps += st.gaps;
-        duplicates += st.duplicates;
-        early += st.early;
-        missed_orders += produced.saturating_sub(st.orders);
-        if let Some(c) = st.closed {
-            closed += 1;
-            if close_samples.len() < 5 {
-                close_samples.push(c);
-            }
-        }
-        for us in st.latencies_us {
-            lat.saturating_record(u64::from(us).max(1));
-        }
-        if let Some(ws) = ws {
-            sockets.push(ws);
-        }
-    }
-    let mut closing = futures_util::stream::iter(sockets.into_iter().map(|mut ws| async move {
-        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-    }))
-    .buffer_unordered(512);
-    let close_deadline = Instant::now() + Duration::from_secs(60);
-    while closing.next().await.is_some() && Instant::now() < close_deadline {}
-    let post_tally = std::mem::take(&mut *post_errors.lock().map_err(|_| "poisoned")?);
-    let post_summary = summary(&*post_h.lock().map_err(|_| "poisoned")?);
-    let bytes_per_conn = match (rss_before, rss_connected) {
-        (Some(b), Some(c)) if n_connected > 0 => {
-            Some((c.saturating_sub(b) * 1024) / n_connected as u64)
-        }
-        _ => None,
-    };
-    let mut out = json!({
-        "kind": "fanout", "subscribers": n, "connected": n_connected,
-        "connect_seconds": connect_s, "rate": rate, "load_seconds": load_s,
-        "drain_seconds": drain_s,
-        "orders_planned": planned, "orders_ok": produced, "post_errors": post_tally.errors,
-        "post_error_samples": post_tally.samples, "post_latency": post_summary,
-        "frames": frames, "missed_events": gaps, "duplicates": duplicates,
-        "missed_orders": missed_orders, "received_before_response": early,
-        "closed_early": closed, "close_samples": close_samples,
-        "rss_before_kib": rss_before, "rss_connected_kib": rss_connected,
-        "rss_after_load_kib": rss_after, "bytes_per_connection": bytes_per_conn,
-    });
-    merge(&mut out, summary(&lat));
     Ok(out)
 }
 
