@@ -365,6 +365,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
             .wrap(actix_web::middleware::from_fn(http::request_span))
     })
     .on_connect(live::on_connect)
+    .h1_write_buffer_size(http::WRITE_BUFFER)
     // Signals are handled by the binary (see main.rs), so that WebSockets close first.
     .disable_signals()
     .shutdown_timeout(10);

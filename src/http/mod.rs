@@ -12,6 +12,13 @@ pub mod reports;
 pub mod security;
 pub mod webhooks;
 
+/// How much of a response an HTTP/1 connection buffers before it writes to the socket
+/// (actix's default is 32 KiB). A whole body given at once is still written at once; what
+/// this bounds is a streamed body, above all a WebSocket's: with `live::session`'s turns,
+/// a dashboard that falls behind holds at most this much (and one turn) in its
+/// connection's buffer, rather than everything it is behind by.
+pub const WRITE_BUFFER: usize = 8 * 1024;
+
 use crate::auth::{self, Principal};
 use crate::domain::money::Currency;
 use crate::domain::phone::Region;

@@ -103,12 +103,28 @@ impl Link {
         }
     }
 
-    /// Everything queued, in order; the next frame queued needs a new wake.
-    pub fn take(&self) -> VecDeque<EventFrame> {
+    /// The oldest frames queued, up to `max_bytes` of them (at least one), and whether more
+    /// remain (the session is then still flagged: it takes them on its next turn). Once the
+    /// outbox is empty, the next frame queued needs a new wake.
+    pub fn take(&self, max_bytes: usize) -> (Vec<EventFrame>, bool) {
         let mut outbox = self.outbox();
-        outbox.flagged = false;
-        outbox.bytes = 0;
-        std::mem::take(&mut outbox.frames)
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = outbox.frames.front() {
+            if !taken.is_empty() && bytes + next.text.len() > max_bytes {
+                break;
+            }
+            bytes += next.text.len();
+            taken.extend(outbox.frames.pop_front());
+        }
+        outbox.bytes -= bytes;
+        let more = !outbox.frames.is_empty();
+        if !more {
+            outbox.flagged = false;
+            // An outbox that grew under a burst does not keep its capacity.
+            outbox.frames = VecDeque::new();
+        }
+        (taken, more)
     }
 
     /// Frames and bytes queued and not yet taken.
@@ -161,10 +177,31 @@ mod tests {
         assert_eq!(link.queue(&[frame(1, 10)], |_| true, ROOMY), Queued::Wake);
         assert_eq!(link.queue(&[frame(2, 10)], |_| true, ROOMY), Queued::Behind);
         assert_eq!(link.queued(), (2, 20));
-        let taken: Vec<i64> = link.take().iter().map(|f| f.seq).collect();
-        assert_eq!(taken, [1, 2]);
+        let (taken, more) = link.take(1 << 20);
+        assert_eq!(taken.iter().map(|f| f.seq).collect::<Vec<_>>(), [1, 2]);
+        assert!(!more);
         assert_eq!(link.queued(), (0, 0));
         assert_eq!(link.queue(&[frame(3, 10)], |_| true, ROOMY), Queued::Wake);
+    }
+
+    #[test]
+    fn a_turn_takes_up_to_its_bytes_and_the_rest_waits_for_the_next() {
+        let link = Link::new(None);
+        let batch: Vec<EventFrame> = (1..=5).map(|seq| frame(seq, 10)).collect();
+        assert_eq!(link.queue(&batch, |_| true, ROOMY), Queued::Wake);
+        let (taken, more) = link.take(25);
+        assert_eq!(taken.iter().map(|f| f.seq).collect::<Vec<_>>(), [1, 2]);
+        assert!(more);
+        assert_eq!(link.queued(), (3, 30));
+        // Still flagged: a new frame does not ask for another wake.
+        assert_eq!(link.queue(&[frame(6, 10)], |_| true, ROOMY), Queued::Behind);
+        let (taken, more) = link.take(5);
+        assert_eq!(taken.len(), 1, "at least one frame per turn");
+        assert!(more);
+        let (taken, more) = link.take(1 << 20);
+        assert_eq!(taken.iter().map(|f| f.seq).collect::<Vec<_>>(), [4, 5, 6]);
+        assert!(!more);
+        assert_eq!(link.queue(&[frame(7, 10)], |_| true, ROOMY), Queued::Wake);
     }
 
     #[test]
@@ -173,7 +210,7 @@ mod tests {
         let batch = [frame(1, 10), frame(2, 10), frame(3, 10)];
         assert_eq!(link.queue(&batch, |f| f.seq == 9, ROOMY), Queued::Nothing);
         assert_eq!(link.queue(&batch, |f| f.seq != 2, ROOMY), Queued::Wake);
-        let taken: Vec<i64> = link.take().iter().map(|f| f.seq).collect();
+        let taken: Vec<i64> = link.take(1 << 20).0.iter().map(|f| f.seq).collect();
         assert_eq!(taken, [1, 3]);
     }
 
@@ -205,7 +242,7 @@ mod tests {
         };
         let batch = [frame(1, 1), frame(2, 1), frame(3, 1)];
         assert_eq!(by_frames.queue(&batch, |_| true, bounds), Queued::Over);
-        assert!(by_frames.take().is_empty());
+        assert!(by_frames.take(1 << 20).0.is_empty());
 
         let small = Link::new(None);
         let bounds = Bounds {
@@ -213,6 +250,6 @@ mod tests {
             bytes: 5,
         };
         assert_eq!(small.queue(&[frame(1, 50)], |_| true, bounds), Queued::Wake);
-        assert_eq!(small.take().len(), 1, "a frame alone always fits");
+        assert_eq!(small.take(1 << 20).0.len(), 1, "a frame alone always fits");
     }
 }

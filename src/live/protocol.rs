@@ -52,7 +52,7 @@ pub struct AddShard(pub Addr<Shard>);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum ToSession {
-    /// New frames wait in the session's outbox (its `Link`): write them all.
+    /// New frames wait in the session's outbox (its `Link`): write a turn's worth.
     Flush,
     /// The client fell too far behind: close with 1013.
     Overflow,
@@ -99,6 +99,13 @@ pub struct Subscribe {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Unsubscribe {
+    pub id: u64,
+}
+
+/// The session wrote one turn's worth and more frames wait: it queues behind the others.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Rewake {
     pub id: u64,
 }
 

@@ -10,7 +10,9 @@
 use super::Slot;
 use super::filter::TypeFilter;
 use super::link::Link;
-use super::protocol::{EventFrame, Start, Subscribe, SubscribeReply, ToSession, Unsubscribe};
+use super::protocol::{
+    EventFrame, Rewake, Start, Subscribe, SubscribeReply, ToSession, Unsubscribe,
+};
 use super::shard::Shard;
 use crate::auth::{AuthFailure, Authenticator, Proof};
 use crate::domain::time::Timestamp;
@@ -23,6 +25,10 @@ use std::time::Duration;
 
 /// Events read from the log per query during a replay.
 const REPLAY_PAGE: u64 = 500;
+/// Bytes of live frames written per turn: what one session holds in its buffers at a time
+/// (with `crate::http::WRITE_BUFFER`), however far behind it is. The rest waits in its outbox,
+/// counted against `live.max_buffered_bytes`, while the other sessions take their turns.
+const TURN_BYTES: usize = 7 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
@@ -278,10 +284,14 @@ impl Handler<ToSession> for WsSession {
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
-            // Every frame waiting, in one go: they leave in one socket write.
+            // A turn's worth of what waits, in one socket write.
             ToSession::Flush => {
-                for frame in self.link.take() {
+                let (frames, more) = self.link.take(TURN_BYTES);
+                for frame in frames {
                     ctx.text(frame.text);
+                }
+                if more {
+                    self.shard.do_send(Rewake { id: self.id });
                 }
             }
             ToSession::Overflow => self.close(

@@ -3,7 +3,9 @@
 //! The hub sends each shard every event once, in `seq` order (`Publish`, one message per
 //! shard per batch); the shard queues the frames into its sessions' outboxes (`Link`,
 //! frames encoded once and shared) and tells each session with new frames to take them
-//! (`ToSession::Flush`, at most one outstanding per session, however many frames wait).
+//! (`ToSession::Flush`, at most one outstanding per session, however many frames wait). A
+//! session writes a bounded turn's worth and, if more waits, queues behind the others
+//! (`Rewake`): what waits stays in its outbox, counted against its bounds, not in buffers.
 //! A shard runs on the same thread as its sessions, so fan-out uses every worker, and it
 //! wakes its sessions a chunk at a time, yielding in between, so that the requests served
 //! by the same worker are not queued behind thousands of socket writes: live delivery may
@@ -18,8 +20,8 @@ use super::filter::TypeFilter;
 use super::hub::Hub;
 use super::link::{Bounds, Link, Queued};
 use super::protocol::{
-    AddShard, EventFrame, Publish, SessionEnded, Shutdown, Start, Subscribe, SubscribeReply,
-    SubscriberCount, ToSession, Unsubscribe,
+    AddShard, EventFrame, Publish, Rewake, SessionEnded, Shutdown, Start, Subscribe,
+    SubscribeReply, SubscriberCount, ToSession, Unsubscribe,
 };
 use super::stall::stall_limit;
 use crate::domain::time::Timestamp;
@@ -348,6 +350,17 @@ impl Handler<Subscribe> for Shard {
                 self.join(msg, latest);
                 Box::pin(actix::fut::ready(SubscribeReply { latest, start }))
             }
+        }
+    }
+}
+
+impl Handler<Rewake> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Rewake, ctx: &mut Self::Context) {
+        if self.members.contains_key(&msg.id) {
+            self.to_wake.push_back(msg.id);
+            self.wake(ctx);
         }
     }
 }

@@ -468,6 +468,7 @@ fn server_addr(url: &str) -> Result<SocketAddr, AnyError> {
     Ok(server)
 }
 
+#[derive(Clone, Copy)]
 enum Load {
     /// Open loop: one POST every 1/rate s, each on its own task.
     Rate(f64),
@@ -564,6 +565,7 @@ pub async fn fanout(a: &Args) -> Result<Value, AnyError> {
     };
 
     let http = client(64)?;
+    let posters = poster_runtime()?;
     let (url, token): (Arc<str>, Arc<str>) = (url.into(), token.into());
     let mut results = vec![json!({"name": "connect"})];
     for (i, load) in loads.iter().enumerate() {
@@ -574,69 +576,17 @@ pub async fn fanout(a: &Args) -> Result<Value, AnyError> {
         let threads_before = thread_snapshot(pid, feed.epoch);
         let start = Instant::now();
         let deadline = start + duration;
-        let mut tasks = Vec::new();
         let name = match *load {
-            Load::Rate(rate) => {
-                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                for g in ph.first..ph.first + ph.cap {
-                    tick.tick().await;
-                    let (http, url, token, feed) =
-                        (http.clone(), url.clone(), token.clone(), feed.clone());
-                    tasks.push(tokio::spawn(async move {
-                        vec![post_order(http, url, token, feed, g, customers).await]
-                    }));
-                }
-                format!("r{rate}")
-            }
-            Load::Closed(c) => {
-                let next = Arc::new(AtomicU64::new(ph.first));
-                let end = ph.first + ph.cap;
-                for _ in 0..c {
-                    let (http, url, token, feed, next) = (
-                        http.clone(),
-                        url.clone(),
-                        token.clone(),
-                        feed.clone(),
-                        next.clone(),
-                    );
-                    tasks.push(tokio::spawn(async move {
-                        let mut answers = Vec::new();
-                        while Instant::now() < deadline {
-                            let g = next.fetch_add(1, Ordering::Relaxed);
-                            if g >= end {
-                                break;
-                            }
-                            answers.push(
-                                post_order(
-                                    http.clone(),
-                                    url.clone(),
-                                    token.clone(),
-                                    feed.clone(),
-                                    g,
-                                    customers,
-                                )
-                                .await,
-                            );
-                        }
-                        answers
-                    }));
-                }
-                format!("c{c}")
-            }
+            Load::Rate(rate) => format!("r{rate}"),
+            Load::Closed(c) => format!("c{c}"),
         };
-        let (mut post_h, mut tally) = (histogram(), crate::Tally::default());
-        for t in tasks {
-            for answer in t.await? {
-                match answer {
-                    Ok(us) => {
-                        tally.ok += 1;
-                        post_h.saturating_record(us);
-                    }
-                    Err(e) => tally.error(e),
-                }
-            }
-        }
+        let (first, cap, load_now) = (ph.first, ph.cap, *load);
+        let (http, url, token, feed2) = (http.clone(), url.clone(), token.clone(), feed.clone());
+        let (post_h, tally) = posters
+            .spawn(async move {
+                run_posts(load_now, first, cap, deadline, http, url, token, feed2, customers).await
+            })
+            .await??;
         let load_s = start.elapsed().as_secs_f64();
         ph.produced.store(tally.ok, Ordering::Release);
         ctl_tx.send_modify(|v| *v += 1);
@@ -1003,4 +953,95 @@ async fn raw_connection(
         }
         off += n;
     }
+}
+
+/// A thread and runtime of their own for the POSTs: on the main runtime, the subscriber
+/// tasks (10,000 of them, reading as fast as they can) would queue the client's own reading
+/// of each 201 and the rate's ticks, and that wait would be measured as duka's latency.
+fn poster_runtime() -> Result<tokio::runtime::Handle, AnyError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("posters".into())
+        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
+}
+
+/// One load's POSTs (on the posters' runtime): their latency histogram and tally.
+#[allow(clippy::too_many_arguments)]
+async fn run_posts(
+    load: Load,
+    first: u64,
+    cap: u64,
+    deadline: Instant,
+    http: reqwest::Client,
+    url: Arc<str>,
+    token: Arc<str>,
+    feed: Arc<Feed>,
+    customers: u64,
+) -> Result<(Histogram<u64>, crate::Tally), AnyError> {
+    let mut tasks = Vec::new();
+    match load {
+        Load::Rate(rate) => {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for g in first..first + cap {
+                tick.tick().await;
+                let (http, url, token, feed) =
+                    (http.clone(), url.clone(), token.clone(), feed.clone());
+                tasks.push(tokio::spawn(async move {
+                    vec![post_order(http, url, token, feed, g, customers).await]
+                }));
+            }
+        }
+        Load::Closed(c) => {
+            let next = Arc::new(AtomicU64::new(first));
+            let end = first + cap;
+            for _ in 0..c {
+                let (http, url, token, feed, next) = (
+                    http.clone(),
+                    url.clone(),
+                    token.clone(),
+                    feed.clone(),
+                    next.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    let mut answers = Vec::new();
+                    while Instant::now() < deadline {
+                        let g = next.fetch_add(1, Ordering::Relaxed);
+                        if g >= end {
+                            break;
+                        }
+                        answers.push(
+                            post_order(
+                                http.clone(),
+                                url.clone(),
+                                token.clone(),
+                                feed.clone(),
+                                g,
+                                customers,
+                            )
+                            .await,
+                        );
+                    }
+                    answers
+                }));
+            }
+        }
+    }
+    let (mut post_h, mut tally) = (histogram(), crate::Tally::default());
+    for t in tasks {
+        for answer in t.await? {
+            match answer {
+                Ok(us) => {
+                    tally.ok += 1;
+                    post_h.saturating_record(us);
+                }
+                Err(e) => tally.error(e),
+            }
+        }
+    }
+    Ok((post_h, tally))
 }
