@@ -28,7 +28,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use actix_web_actors::ws;
 use filter::TypeFilter;
 use hub::Hub;
-use link::{Bounds, Link};
+use link::{Bounds, Link, SharedLog};
 use protocol::SubscriberCount;
 use sea_orm::DatabaseConnection;
 use session::{SessionConfig, WsSession};
@@ -99,8 +99,9 @@ struct Sockets {
 static NEXT_LIVE: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    /// This thread's shard of each live service, started with its first socket here.
-    static SHARDS: RefCell<HashMap<u64, Addr<Shard>>> = RefCell::new(HashMap::new());
+    /// This thread's shard of each live service (and its log), started with its first
+    /// socket here.
+    static SHARDS: RefCell<HashMap<u64, (Addr<Shard>, SharedLog)>> = RefCell::new(HashMap::new());
 }
 
 /// The kernel send buffer of a WebSocket's socket (see `ConnHandle::limit_send_buffer`):
@@ -233,22 +234,25 @@ impl Live {
         self.hub.send(SubscriberCount).await.ok()
     }
 
-    /// This thread's shard (an HTTP worker's), started with the first socket here.
-    fn local_shard(&self) -> Addr<Shard> {
+    /// This thread's shard (an HTTP worker's) and its log, started with the first socket
+    /// here.
+    fn local_shard(&self) -> (Addr<Shard>, SharedLog) {
         SHARDS.with(|shards| {
             let mut shards = shards.borrow_mut();
-            if let Some(shard) = shards.get(&self.id).filter(|s| s.connected()) {
+            if let Some(shard) = shards.get(&self.id).filter(|(s, _)| s.connected()) {
                 return shard.clone();
             }
+            let log = SharedLog::default();
             let shard = Shard::new(
                 self.shard.clone(),
                 self.hub.clone(),
                 self.db.clone(),
+                log.clone(),
                 self.stats.clone(),
             )
             .start();
-            shards.insert(self.id, shard.clone());
-            shard
+            shards.insert(self.id, (shard.clone(), log.clone()));
+            (shard, log)
         })
     }
 }
@@ -316,11 +320,12 @@ pub async fn upgrade(
     if let Some(conn) = &conn {
         conn.limit_send_buffer(SOCKET_SEND_BUFFER);
     }
-    let link = Arc::new(Link::new(conn));
+    let (shard, log) = live.local_shard();
+    let link = Arc::new(Link::new(log, filter, conn));
     let id = live.next_id.fetch_add(1, Ordering::Relaxed);
     let session = WsSession::new(
         id,
-        live.local_shard(),
+        shard,
         state.reader.clone(),
         filter,
         since,

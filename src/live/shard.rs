@@ -18,7 +18,7 @@
 use super::LiveStats;
 use super::filter::TypeFilter;
 use super::hub::Hub;
-use super::link::{Bounds, Link, Queued};
+use super::link::{Bounds, Link, Queued, SharedLog};
 use super::protocol::{
     AddShard, EventFrame, Publish, Rewake, SessionEnded, Shutdown, Start, Subscribe,
     SubscribeReply, SubscriberCount, ToSession, Unsubscribe,
@@ -50,12 +50,8 @@ pub struct ShardConfig {
 
 struct Member {
     session: Recipient<ToSession>,
-    filter: TypeFilter,
     link: Arc<Link>,
     session_hash: Option<String>,
-    /// Events up to this seq are not sent: the client has them (it resumed with a `since`
-    /// ahead of this instance).
-    skip_upto: i64,
 }
 
 pub struct Shard {
@@ -64,6 +60,8 @@ pub struct Shard {
     db: DatabaseConnection,
     /// The last seq the hub sent here.
     latest: i64,
+    /// What the hub sent, kept while a session still has to write it.
+    log: SharedLog,
     recent: VecDeque<EventFrame>,
     members: HashMap<u64, Member>,
     /// Sessions told to close that have not ended yet, and since when.
@@ -82,6 +80,7 @@ impl Shard {
         cfg: ShardConfig,
         hub: Addr<Hub>,
         db: DatabaseConnection,
+        log: SharedLog,
         stats: Arc<LiveStats>,
     ) -> Self {
         Self {
@@ -89,6 +88,7 @@ impl Shard {
             hub,
             db,
             latest: 0,
+            log,
             recent: VecDeque::new(),
             members: HashMap::new(),
             closing: HashMap::new(),
@@ -197,14 +197,13 @@ impl Shard {
 
     fn join(&mut self, msg: Subscribe, skip_upto: i64) {
         msg.link.heard();
+        msg.link.join(skip_upto);
         self.members.insert(
             msg.id,
             Member {
                 session: msg.session,
-                filter: msg.filter,
                 link: msg.link,
                 session_hash: msg.session_hash,
-                skip_upto,
             },
         );
         self.count();
@@ -289,10 +288,10 @@ impl Handler<Publish> for Shard {
                 self.recent.push_back(frame.clone());
             }
         }
+        let first = self.log.append(batch);
         let mut over = Vec::new();
         for (id, member) in &self.members {
-            let wanted = |f: &EventFrame| f.seq > member.skip_upto && member.filter.matches(f.kind);
-            match member.link.queue(batch, wanted, self.cfg.bounds) {
+            match member.link.queue(first, batch, self.cfg.bounds) {
                 Queued::Wake => self.to_wake.push_back(*id),
                 Queued::Over => over.push(*id),
                 Queued::Behind | Queued::Nothing => {}
@@ -309,6 +308,12 @@ impl Handler<Publish> for Shard {
             crate::metrics::live_slow_closed();
             self.close(id, ToSession::Overflow);
         }
+        self.log.trim(
+            self.members
+                .values()
+                .filter_map(|m| m.link.needs_from())
+                .min(),
+        );
         self.count();
         self.wake(ctx);
     }
