@@ -136,8 +136,10 @@ impl WsSession {
         );
     }
 
-    fn control(kind: &str, seq: i64) -> String {
-        serde_json::json!({ "type": kind, "seq": seq }).to_string()
+    /// `{"type":"hello","seq":N}` and the like, `type` first as in event frames (`kind` is
+    /// one of this module's own words, never client input).
+    fn control(kind: &'static str, seq: i64) -> String {
+        format!(r#"{{"type":"{kind}","seq":{seq}}}"#)
     }
 
     fn begin(&mut self, reply: SubscribeReply, ctx: &mut ws::WebsocketContext<Self>) {
