@@ -996,10 +996,12 @@ async fn watch_connects_over_https_and_gives_up_when_the_first_connection_never_
     assert_eq!(frame["data"]["id"], customer["id"]);
     drop(child);
 
-    // Nobody listens there: a bounded number of attempts, then a clear message.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Nobody listens there: a bounded number of attempts, then a clear message. The port
+    // stays bound (without listening, so connections are refused) for the whole attempt:
+    // a port merely freed could be taken by another test's server meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let port = closed.local_addr().unwrap().port();
-    drop(closed);
     let mut cmd = duka(dir.path());
     cmd.args(["watch", "--token", TOKEN, "--url"])
         .arg(format!("http://127.0.0.1:{port}"));
@@ -1007,6 +1009,7 @@ async fn watch_connects_over_https_and_gives_up_when_the_first_connection_never_
     assert_eq!(code, 1, "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
     assert!(stderr.contains("gave up after 5 attempts"), "{stderr}");
+    drop(closed);
     // An untrusted certificate is no connection either.
     let (port, _) = tls_front(app.addr).await;
     let mut cmd = duka(dir.path());
