@@ -5,13 +5,32 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+/// Stored as its lowercase name in a text column (the entities' typed `status`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    sea_orm::EnumIter,
+    sea_orm::DeriveActiveEnum,
+)]
 #[serde(rename_all = "lowercase")]
+#[sea_orm(rs_type = "String", db_type = "Text")]
 pub enum NotificationStatus {
+    #[sea_orm(string_value = "queued")]
     Queued,
+    #[sea_orm(string_value = "sending")]
     Sending,
+    #[sea_orm(string_value = "sent")]
     Sent,
+    #[sea_orm(string_value = "delivered")]
     Delivered,
+    #[sea_orm(string_value = "failed")]
     Failed,
 }
 

@@ -8,13 +8,32 @@ use uuid::Uuid;
 pub const ITEM_MAX: usize = 200;
 pub const QUANTITY_MAX: i64 = 1_000_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+/// Stored as its lowercase name in a text column (the entities' typed `status`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    sea_orm::EnumIter,
+    sea_orm::DeriveActiveEnum,
+)]
 #[serde(rename_all = "lowercase")]
+#[sea_orm(rs_type = "String", db_type = "Text")]
 pub enum OrderStatus {
+    #[sea_orm(string_value = "pending")]
     Pending,
+    #[sea_orm(string_value = "confirmed")]
     Confirmed,
+    #[sea_orm(string_value = "shipped")]
     Shipped,
+    #[sea_orm(string_value = "delivered")]
     Delivered,
+    #[sea_orm(string_value = "cancelled")]
     Cancelled,
 }
 

@@ -162,7 +162,7 @@ fn order_record(o: &OrderView) -> Vec<String> {
     vec![
         o.order_number.clone(),
         o.created_at.to_rfc3339(),
-        o.status.clone(),
+        o.status.as_str().to_string(),
         o.customer.code.clone(),
         o.customer.name.clone(),
         o.customer.phone.clone(),
@@ -172,7 +172,7 @@ fn order_record(o: &OrderView) -> Vec<String> {
         o.currency.clone(),
         o.notification
             .as_ref()
-            .map(|n| n.status.clone())
+            .map(|n| n.status.as_str().to_string())
             .unwrap_or_default(),
     ]
 }

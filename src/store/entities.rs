@@ -36,7 +36,7 @@ pub mod order {
         pub quantity: i32,
         pub amount_minor: i64,
         pub currency: String,
-        pub status: String,
+        pub status: crate::domain::order::OrderStatus,
         pub created_at: i64,
         pub updated_at: i64,
     }
@@ -59,7 +59,7 @@ pub mod notification {
         pub customer_id: Uuid,
         pub phone: String,
         pub message: String,
-        pub status: String,
+        pub status: crate::domain::notification::NotificationStatus,
         pub attempts: i32,
         pub provider: Option<String>,
         pub provider_message_id: Option<String>,

@@ -149,7 +149,7 @@ pub async fn list_orders(
         cond = cond.add(order::Column::CustomerId.eq(id));
     }
     if let Some(status) = filter.status {
-        cond = cond.add(order::Column::Status.eq(status.as_str()));
+        cond = cond.add(order::Column::Status.eq(status));
     }
     if let Some(start) = filter.start {
         cond = cond.add(order::Column::CreatedAt.gte(start.millis()));
@@ -263,7 +263,7 @@ pub async fn list_notifications(
         cond = cond.add(notification::Column::OrderId.eq(id));
     }
     if let Some(status) = filter.status {
-        cond = cond.add(notification::Column::Status.eq(status.as_str()));
+        cond = cond.add(notification::Column::Status.eq(status));
     }
     let rows = notification::Entity::find()
         .filter(cond)
@@ -292,10 +292,10 @@ pub async fn due_notifications(
     let cond = Condition::any()
         .add(
             Condition::all()
-                .add(C::Status.eq(NotificationStatus::Queued.as_str()))
+                .add(C::Status.eq(NotificationStatus::Queued))
                 .add(C::NextAttemptAt.lte(horizon.millis())),
         )
-        .add(C::Status.eq(NotificationStatus::Sending.as_str()));
+        .add(C::Status.eq(NotificationStatus::Sending));
     let rows = notification::Entity::find()
         .filter(cond)
         .order_by_asc(C::Id)
@@ -306,7 +306,7 @@ pub async fn due_notifications(
         .into_iter()
         .map(|n| QueuedSms {
             id: n.id,
-            not_before: if n.status == NotificationStatus::Queued.as_str() {
+            not_before: if n.status == NotificationStatus::Queued {
                 n.next_attempt_at.unwrap_or(now.millis())
             } else {
                 now.millis()

@@ -65,8 +65,7 @@ impl From<&customer::Model> for CustomerSummary {
 #[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct NotificationSummary {
     pub id: Uuid,
-    #[schema(value_type = crate::domain::notification::NotificationStatus)]
-    pub status: String,
+    pub status: NotificationStatus,
     #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub updated_at: Timestamp,
 }
@@ -75,7 +74,7 @@ impl From<&notification::Model> for NotificationSummary {
     fn from(m: &notification::Model) -> Self {
         Self {
             id: m.id,
-            status: m.status.clone(),
+            status: m.status,
             updated_at: Timestamp::from_millis(m.updated_at),
         }
     }
@@ -95,8 +94,7 @@ pub struct OrderView {
     /// ISO 4217.
     #[schema(example = "KES")]
     pub currency: String,
-    #[schema(value_type = crate::domain::order::OrderStatus)]
-    pub status: String,
+    pub status: crate::domain::order::OrderStatus,
     /// Always present; `null` when absent.
     #[schema(required = true)]
     pub notification: Option<NotificationSummary>,
@@ -145,8 +143,7 @@ pub struct NotificationView {
     #[schema(example = "+254722000001")]
     pub phone: String,
     pub message: String,
-    #[schema(value_type = crate::domain::notification::NotificationStatus)]
-    pub status: String,
+    pub status: NotificationStatus,
     pub attempts: i32,
     /// Always present; `null` when absent.
     #[schema(required = true)]
@@ -172,7 +169,7 @@ pub struct NotificationView {
 impl From<notification::Model> for NotificationView {
     fn from(m: notification::Model) -> Self {
         // A fresh message is due at once; only one that has been tried waits for a retry.
-        let retrying = m.status == NotificationStatus::Queued.as_str() && m.attempts > 0;
+        let retrying = m.status == NotificationStatus::Queued && m.attempts > 0;
         Self {
             id: m.id,
             order_id: m.order_id,

@@ -354,7 +354,7 @@ async fn a_20000_row_export_streams_page_by_page() {
             quantity: sea_orm::Set(1),
             amount_minor: sea_orm::Set(100 + i as i64),
             currency: sea_orm::Set("KES".into()),
-            status: sea_orm::Set("pending".into()),
+            status: sea_orm::Set(duka::domain::order::OrderStatus::Pending),
             created_at: sea_orm::Set(at),
             updated_at: sea_orm::Set(at),
         });

@@ -392,7 +392,7 @@ async fn messages_left_queued_or_abandoned_by_a_crash_are_sent_once_after_restar
             customer_id: uuid::Uuid::parse_str(s(&customer["id"])).unwrap(),
             phone: phone.clone(),
             message: message.into(),
-            status: status.into(),
+            status: duka::domain::notification::NotificationStatus::parse(status).unwrap(),
             attempts,
             provider: Some("africastalking".into()),
             provider_message_id: None,

@@ -10,7 +10,6 @@ use super::{
 use crate::domain::event::EventType;
 use crate::domain::money::Money;
 use crate::domain::notification::{NotificationStatus, NotifyOn};
-use crate::domain::order::OrderStatus;
 use crate::domain::time::Timestamp;
 use crate::store::batch::{Batch, QueuedSms, WriteConfig};
 use crate::store::entities::{customer, notification, order};
@@ -48,7 +47,7 @@ pub(super) fn new_row(
         ("quantity", order.quantity.to_string()),
         ("amount", amount),
         ("currency", order.currency.clone()),
-        ("status", order.status.clone()),
+        ("status", order.status.as_str().to_string()),
     ]);
     let now = Timestamp::now().millis();
     Some(notification::Model {
@@ -57,7 +56,7 @@ pub(super) fn new_row(
         customer_id: customer.id,
         phone: customer.phone.clone(),
         message: template.render(&values),
-        status: NotificationStatus::Queued.as_str().to_string(),
+        status: NotificationStatus::Queued,
         attempts: 0,
         provider: Some(provider.clone()),
         provider_message_id: None,
@@ -138,8 +137,7 @@ pub(super) async fn queue_again(
         .one(txn)
         .await?
         .ok_or_else(|| StoreError::Internal("order without customer".into()))?;
-    let status = OrderStatus::parse(&order.status).map_err(StoreError::Internal)?;
-    let on = NotifyOn::for_status(status).unwrap_or(NotifyOn::Created);
+    let on = NotifyOn::for_status(order.status).unwrap_or(NotifyOn::Created);
     let row = queue(txn, &order, &customer, on, true, batch)
         .await?
         .ok_or_else(|| StoreError::Internal("no template for notification".into()))?;
@@ -289,9 +287,9 @@ pub(super) async fn claim(
         .from_raw_sql(p.statement(sql))
         .all(txn)
         .await?;
-    let failed = NotificationStatus::Failed.as_str();
-    let (mut gave_up, mut claimed): (Vec<_>, Vec<_>) =
-        rows.into_iter().partition(|n| n.status == failed);
+    let (mut gave_up, mut claimed): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .partition(|n| n.status == NotificationStatus::Failed);
     gave_up.sort_by_key(|n| n.id);
     claimed.sort_by_key(|n| n.id);
     for row in gave_up {
@@ -422,16 +420,16 @@ pub(super) async fn delivery_report(
     };
     // Reports can arrive late, twice or out of order: only a `sent` message moves, so a
     // delivered message stays delivered.
-    if current.status != NotificationStatus::Sent.as_str() {
+    if current.status != NotificationStatus::Sent {
         return Ok(WriteReply::Notification(current.into()));
     }
     let mut next = current.clone();
     match outcome {
         DeliveryOutcome::Delivered => {
-            next.status = NotificationStatus::Delivered.as_str().into();
+            next.status = NotificationStatus::Delivered;
         }
         DeliveryOutcome::Failed { reason } => {
-            next.status = NotificationStatus::Failed.as_str().into();
+            next.status = NotificationStatus::Failed;
             next.error = Some(reason);
         }
     }

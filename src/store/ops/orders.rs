@@ -84,7 +84,7 @@ pub(super) async fn plan(txn: &impl ConnectionTrait, run: &mut CreateRun) -> Res
             quantity: new.quantity,
             amount_minor: new.amount.minor(),
             currency: new.currency.code().to_string(),
-            status: OrderStatus::Pending.as_str().to_string(),
+            status: OrderStatus::Pending,
             created_at: now.millis(),
             updated_at: now.millis(),
         };
@@ -200,7 +200,7 @@ pub(super) async fn update(
     let Some(current) = order::Entity::find_by_id(id).one(txn).await? else {
         return refuse(StoreError::NotFound("order"));
     };
-    let from = OrderStatus::parse(&current.status).map_err(StoreError::Internal)?;
+    let from = current.status;
     let mut next = current.clone();
     if let Some(item) = patch.item {
         next.item = item;
@@ -217,7 +217,7 @@ pub(super) async fn update(
             return refuse(StoreError::Conflict(e));
         }
         if to != from {
-            next.status = to.as_str().to_string();
+            next.status = to;
             notify = NotifyOn::for_status(to);
         }
     }
