@@ -52,7 +52,8 @@ pub struct AddShard(pub Addr<Shard>);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum ToSession {
-    /// New frames wait in the session's outbox (its `Link`): write a turn's worth.
+    /// New frames wait for the session (in its shard's log, after its `Link`'s cursor):
+    /// write a turn's worth.
     Flush,
     /// The client fell too far behind: close with 1013.
     Overflow,

@@ -26,7 +26,7 @@ use std::time::Duration;
 /// Events read from the log per query during a replay.
 const REPLAY_PAGE: u64 = 500;
 /// Bytes of live frames written per turn: what one session holds in its buffers at a time
-/// (with `crate::http::WRITE_BUFFER`), however far behind it is. The rest waits in its outbox,
+/// (with `crate::http::WRITE_BUFFER`), however far behind it is. The rest waits in its shard's log,
 /// counted against `live.max_buffered_bytes`, while the other sessions take their turns.
 const TURN_BYTES: usize = 7 * 1024;
 

@@ -1,18 +1,19 @@
 //! A Shard: the live sessions of one HTTP worker thread.
 //!
 //! The hub sends each shard every event once, in `seq` order (`Publish`, one message per
-//! shard per batch); the shard queues the frames into its sessions' outboxes (`Link`,
-//! frames encoded once and shared) and tells each session with new frames to take them
+//! shard per batch); the shard keeps the frames once in its log (encoded once, shared),
+//! counts for each session what it waits for (`Link`, a cursor into the log) and tells each session with new frames to take them
 //! (`ToSession::Flush`, at most one outstanding per session, however many frames wait). A
 //! session writes a bounded turn's worth and, if more waits, queues behind the others
-//! (`Rewake`): what waits stays in its outbox, counted against its bounds, not in buffers.
+//! (`Rewake`): what waits stays in the shard's log, counted against its bounds, not in
+//! buffers.
 //! A shard runs on the same thread as its sessions, so fan-out uses every worker, and it
 //! wakes its sessions a chunk at a time, yielding in between, so that the requests served
 //! by the same worker are not queued behind thousands of socket writes: live delivery may
 //! lag (and coalesces while it does), order taking does not.
 //!
 //! It also answers how a new subscriber starts (`hello`, a replay from memory or from the
-//! log), closes sessions over their outbox's bounds with 1013, and cuts the connections of
+//! log), closes sessions over their bounds with 1013, and cuts the connections of
 //! sessions that cannot run (see `stall`).
 
 use super::LiveStats;

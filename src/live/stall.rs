@@ -97,8 +97,8 @@ impl ConnHandle {
 
     /// Fixes the socket's kernel send buffer at `bytes` (Linux doubles it for its own
     /// bookkeeping) instead of letting it grow to `tcp_wmem`'s maximum (4 MiB by default):
-    /// a client that reads slowly then holds up its own session within the bounds of its
-    /// outbox, rather than megabytes of kernel memory.
+    /// a client that reads slowly then holds up its own session, within its bounds in the
+    /// shard's log, rather than megabytes of kernel memory.
     pub fn limit_send_buffer(&self, bytes: usize) {
         #[cfg(unix)]
         if let Some(fd) = self.fd() {
