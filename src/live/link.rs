@@ -263,7 +263,8 @@ impl Link {
     }
 
     /// Frames and bytes waiting.
-    pub fn queued(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn queued(&self) -> (usize, usize) {
         let cursor = lock(&self.cursor);
         (cursor.frames, cursor.bytes)
     }

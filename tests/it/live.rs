@@ -524,6 +524,35 @@ async fn a_slow_client_is_closed_with_1013(bound: impl FnOnce(&mut duka::config:
     fast_reader.abort();
 }
 
+/// Leaves a socket the `i`th of three ways: a polite close, a dropped socket, and a close
+/// without waiting for the answer.
+async fn leave(mut ws: Ws, i: usize) {
+    match i % 3 {
+        0 => ws.close(None).await.unwrap(),
+        1 => drop(ws),
+        _ => {
+            ws.send(Message::Close(None)).await.unwrap();
+            drop(ws);
+        }
+    }
+}
+
+/// `writers` tasks at once, each creating `each` orders for `cid`.
+async fn orders_from_writers(app: &Arc<LiveApp>, cid: &str, writers: usize, each: usize) {
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let (app, cid) = (app.clone(), cid.to_string());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..each {
+                app.create_order(&cid, json!({})).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_thousand_connects_and_disconnects_leave_no_subscriber_behind() {
     let app = spawn_live_app().await;
@@ -533,15 +562,7 @@ async fn a_thousand_connects_and_disconnects_leave_no_subscriber_behind() {
     for i in 0..1000 {
         let mut ws = connect(&app, "").await;
         hello(&mut ws).await;
-        match i % 3 {
-            // A polite close, a dropped socket, and a close without waiting for the answer.
-            0 => ws.close(None).await.unwrap(),
-            1 => drop(ws),
-            _ => {
-                ws.send(Message::Close(None)).await.unwrap();
-                drop(ws);
-            }
-        }
+        leave(ws, i).await;
     }
     app.await_subscribers(1).await;
     assert_eq!(app.live.stats.subscribers(), 1);
@@ -561,19 +582,7 @@ async fn concurrent_writers_still_give_every_subscriber_a_strictly_increasing_se
         assert_eq!(hello(&mut ws).await, 1);
         readers.push(tokio::spawn(async move { next_n(&mut ws, 160).await }));
     }
-    let mut writers = Vec::new();
-    for _ in 0..16 {
-        let app = app.clone();
-        let cid = cid.clone();
-        writers.push(tokio::spawn(async move {
-            for _ in 0..10 {
-                app.create_order(&cid, json!({})).await;
-            }
-        }));
-    }
-    for w in writers {
-        w.await.unwrap();
-    }
+    orders_from_writers(&app, &cid, 16, 10).await;
     for reader in readers {
         let frames = reader.await.unwrap();
         assert_consecutive(&frames, 2);
@@ -790,22 +799,13 @@ fn process_addr(duka: &crate::support::process::DukaProcess) -> std::net::Socket
         .expect("a socket address")
 }
 
-/// A client without idle connections: the server closes those after its keep-alive, and a
-/// request on one it is just closing fails.
-fn unpooled() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap()
-}
-
 async fn process_post(
     duka: &crate::support::process::DukaProcess,
     path: &str,
     body: Value,
 ) -> Value {
-    let r = unpooled()
+    let r = duka
+        .client
         .post(format!("{}{path}", duka.url))
         .bearer_auth(TOKEN)
         .json(&body)
@@ -814,34 +814,6 @@ async fn process_post(
         .expect("POST");
     assert_eq!(r.status(), 201, "POST {path}");
     r.json().await.unwrap()
-}
-
-/// One series of the process's metrics, read once the connections counted in it settle.
-async fn await_process_metric(
-    duka: &crate::support::process::DukaProcess,
-    series: &str,
-    value: f64,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = unpooled()
-            .get(format!("{}/metrics", duka.url))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .unwrap();
-        let now = crate::support::process::metric_value(&text, series);
-        if now == value {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{series} reads {now}, expected {value}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// A client that stops reading entirely: its session cannot run, so its shard cuts the
@@ -876,7 +848,12 @@ async fn a_stalled_client_is_cut_and_its_only_descriptor_released() {
     let long = "x".repeat(190);
     let mut posts = Vec::new();
     for _ in 0..16 {
-        let (client, url, cid, long) = (unpooled(), duka.url.clone(), id(&customer), long.clone());
+        let (client, url, cid, long) = (
+            duka.client.clone(),
+            duka.url.clone(),
+            id(&customer),
+            long.clone(),
+        );
         posts.push(tokio::spawn(async move {
             for _ in 0..60 {
                 let r = client
@@ -903,7 +880,8 @@ async fn a_stalled_client_is_cut_and_its_only_descriptor_released() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    await_process_metric(&duka, "duka_live_connections_cut_total", 1.0).await;
+    duka.await_metric("duka_live_connections_cut_total", 1.0)
+        .await;
     assert!(
         duka.output()
             .iter()
@@ -911,8 +889,8 @@ async fn a_stalled_client_is_cut_and_its_only_descriptor_released() {
         "{:?}",
         duka.output()
     );
-    await_process_metric(&duka, "duka_live_subscribers", 0.0).await;
-    await_process_metric(&duka, "duka_websocket_connections", 0.0).await;
+    duka.await_metric("duka_live_subscribers", 0.0).await;
+    duka.await_metric("duka_websocket_connections", 0.0).await;
     drop(stalled);
 }
 
@@ -937,17 +915,10 @@ async fn subscriber_counts_and_the_gauge_agree_after_a_thousand_connects() {
     for i in 0..1000 {
         let mut ws = connect().await;
         hello(&mut ws).await;
-        match i % 3 {
-            0 => ws.close(None).await.unwrap(),
-            1 => drop(ws),
-            _ => {
-                ws.send(Message::Close(None)).await.unwrap();
-                drop(ws);
-            }
-        }
+        leave(ws, i).await;
     }
-    await_process_metric(&duka, "duka_live_subscribers", 1.0).await;
-    await_process_metric(&duka, "duka_websocket_connections", 1.0).await;
+    duka.await_metric("duka_live_subscribers", 1.0).await;
+    duka.await_metric("duka_websocket_connections", 1.0).await;
     // The one that stayed still works.
     let customer = process_post(
         &duka,
@@ -972,19 +943,7 @@ async fn shards_deliver_the_same_sequence_in_order_under_concurrent_writers() {
         readers.push(tokio::spawn(async move { next_n(&mut ws, 320).await }));
     }
     app.await_subscribers(24).await;
-    let mut writers = Vec::new();
-    for _ in 0..16 {
-        let app = app.clone();
-        let cid = cid.clone();
-        writers.push(tokio::spawn(async move {
-            for _ in 0..20 {
-                app.create_order(&cid, json!({})).await;
-            }
-        }));
-    }
-    for w in writers {
-        w.await.unwrap();
-    }
+    orders_from_writers(&app, &cid, 16, 20).await;
     let mut first: Option<Vec<Value>> = None;
     for reader in readers {
         let frames = reader.await.unwrap();

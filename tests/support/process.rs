@@ -80,7 +80,13 @@ pub async fn spawn_duka(extra: &str, shell_prefix: &str) -> DukaProcess {
         pid,
         child,
         output,
-        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        // No idle connections: the server closes them after its keep-alive (5 s), and a
+        // request sent on one it is just closing fails (`IncompleteMessage`).
+        client: reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap(),
         data_dir,
         db,
     }
