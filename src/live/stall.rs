@@ -5,7 +5,7 @@
 //! such a session can neither ping nor notice that it should close. So its shard watches
 //! each session's `Link` and shuts down the TCP connection under it.
 //!
-//! The rule, in one place: a session not heard from for `idle_timeout + ping_interval`
+//! The rule, in one place: a session not heard from for `idle_timeout + 2 * ping_interval`
 //! (see `stall_limit`), or told to close and not gone that long after, is cut.
 //!
 //! The cut uses the connection's own descriptor, noted (as a number, with both ends'
@@ -22,10 +22,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// How long a session may be silent (or take to close) before its connection is cut: the
-/// session itself drops a client silent for `idle_timeout`, and checks every
-/// `ping_interval`, so only a session that cannot run goes past this.
+/// session itself drops a client silent for `idle_timeout`, checking every `ping_interval`,
+/// so a session that runs has sent its close frame by `idle_timeout + ping_interval` (plus
+/// its timer's lateness). One more interval keeps the cut from racing that close frame:
+/// only a session that cannot run goes past this.
 pub fn stall_limit(idle_timeout: Duration, ping_interval: Duration) -> Duration {
-    idle_timeout + ping_interval
+    idle_timeout + 2 * ping_interval
 }
 
 /// A plain TCP connection's socket, noted when it is accepted.

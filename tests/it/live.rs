@@ -507,7 +507,7 @@ async fn a_slow_client_is_closed_with_1013(bound: impl FnOnce(&mut duka::config:
                 last += 1;
             }
             Next::Closed(close) => break close,
-            Next::Ended => panic!("ended without a close frame after seq {last}"),
+            Next::Ended(e) => panic!("ended without a close frame after seq {last}: {e:?}"),
         }
     };
     let close = close.expect("a close frame with a code");
@@ -666,10 +666,7 @@ async fn a_silent_client_is_dropped_and_a_responsive_one_stays() {
     drop(alive);
 
     // The silent one was closed by the server (its pings went unanswered).
-    match next(&mut silent).await {
-        Next::Closed(Some(close)) => assert_eq!(u16::from(close.code), 1001, "{close:?}"),
-        other => panic!("expected a close frame, got {other:?}"),
-    }
+    assert_eq!(close_code_unanswered(silent).await, Some(1001));
 }
 
 /// `duka watch` prints one line per event, from `--since`, with the token from the

@@ -170,7 +170,8 @@ pub async fn connect_small_window_at(addr: std::net::SocketAddr, query: &str) ->
 pub enum Next {
     Frame(Value),
     Closed(Option<CloseFrame>),
-    Ended,
+    /// The stream ended without a close frame: the error that ended it, if any.
+    Ended(Option<String>),
 }
 
 pub async fn next(ws: &mut Ws) -> Next {
@@ -179,8 +180,8 @@ pub async fn next(ws: &mut Ws) -> Next {
             .await
             .expect("a frame in time");
         match message {
-            None => return Next::Ended,
-            Some(Err(_)) => return Next::Ended,
+            None => return Next::Ended(None),
+            Some(Err(e)) => return Next::Ended(Some(e.to_string())),
             Some(Ok(Message::Text(text))) => {
                 return Next::Frame(serde_json::from_str(text.as_str()).expect("a JSON frame"));
             }
@@ -188,6 +189,46 @@ pub async fn next(ws: &mut Ws) -> Next {
             Some(Ok(_)) => continue,
         }
     }
+}
+
+/// Reads what the server still sends on `ws`, to the end of the connection, without
+/// answering anything (tungstenite would answer each ping, and a pong written after the
+/// server closed ends the read with a broken pipe before the close frame is returned): the
+/// close frame's code, if one came. For a client that stopped reading and comes back late.
+pub async fn close_code_unanswered(ws: Ws) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let MaybeTlsStream::Plain(mut stream) = ws.into_inner() else {
+        panic!("a plain TCP stream");
+    };
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut bytes)).await;
+    read.expect("the server ends the connection in time")
+        .expect("reading what the server sent");
+    // Server frames are not masked: FIN|opcode, a length (7 bits, or 16 / 64 bits), payload.
+    let mut at = 0;
+    while at + 2 <= bytes.len() {
+        let opcode = bytes[at] & 0x0f;
+        let (len, header) = match bytes[at + 1] & 0x7f {
+            126 => (
+                usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
+                4,
+            ),
+            127 => (
+                usize::try_from(u64::from_be_bytes(
+                    bytes[at + 2..at + 10].try_into().unwrap(),
+                ))
+                .unwrap(),
+                10,
+            ),
+            n => (usize::from(n), 2),
+        };
+        let payload = &bytes[at + header..(at + header + len).min(bytes.len())];
+        if opcode == 0x8 {
+            return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+        }
+        at += header + len;
+    }
+    None
 }
 
 /// The next frame, which must be a JSON text frame.
