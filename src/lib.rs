@@ -11,6 +11,8 @@ pub mod live;
 pub mod metrics;
 pub mod sms;
 pub mod store;
+#[cfg(unix)]
+pub mod sys;
 
 use actix::{Actor, Addr};
 use actix_web::{App, HttpServer, web};

@@ -15,6 +15,8 @@
 //! either still this connection's or was closed before. A number reused since by another
 //! socket is told apart by its addresses, and left alone.
 
+#[cfg(unix)]
+use crate::sys;
 use actix_web::HttpRequest;
 use actix_web::dev::Extensions;
 use std::any::Any;
@@ -80,8 +82,8 @@ impl ConnHandle {
             return None;
         }
         let fd = self.conn.fd;
-        let same = sockaddr(fd, libc::getsockname) == Some(self.conn.local)
-            && sockaddr(fd, libc::getpeername) == Some(self.conn.peer);
+        let same = sys::local_addr(fd) == Some(self.conn.local)
+            && sys::peer_addr(fd) == Some(self.conn.peer);
         same.then_some(fd)
     }
 
@@ -89,11 +91,9 @@ impl ConnHandle {
     pub fn shutdown(&self) {
         #[cfg(unix)]
         if let Some(fd) = self.fd() {
-            // SAFETY: shutdown takes a descriptor number and changes no memory; the number
-            // is this connection's socket (checked, on the one thread that can close it).
-            unsafe {
-                libc::shutdown(fd, libc::SHUT_RDWR);
-            }
+            // The number is this connection's socket (checked, on the one thread that can
+            // close it).
+            sys::shutdown(fd);
         }
     }
 
@@ -105,80 +105,9 @@ impl ConnHandle {
         #[cfg(unix)]
         if let Some(fd) = self.fd() {
             let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-            let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
-            // SAFETY: setsockopt reads `len` bytes from `size`, a c_int that outlives the
-            // call; the descriptor is this connection's socket (checked just above).
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_SNDBUF,
-                    (&raw const size).cast(),
-                    len,
-                );
-            }
+            sys::set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, size);
         }
         #[cfg(not(unix))]
         let _ = bytes;
-    }
-}
-
-/// A socket's local or peer address (`getsockname` / `getpeername`), if it has one.
-#[cfg(unix)]
-fn sockaddr(
-    fd: std::os::fd::RawFd,
-    get: unsafe extern "C" fn(
-        libc::c_int,
-        *mut libc::sockaddr,
-        *mut libc::socklen_t,
-    ) -> libc::c_int,
-) -> Option<SocketAddr> {
-    // SAFETY: a zeroed sockaddr_storage is a valid value of it.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_storage>()).ok()?;
-    // SAFETY: `get` writes at most `len` bytes into `storage` and sets `len`; a closed or
-    // foreign descriptor only makes it fail.
-    let rc = unsafe { get(fd, (&raw mut storage).cast(), &mut len) };
-    if rc != 0 {
-        return None;
-    }
-    match libc::c_int::from(storage.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let a: libc::sockaddr_in = unsafe { *(&raw const storage).cast() };
-            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-            Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let a: libc::sockaddr_in6 = unsafe { *(&raw const storage).cast() };
-            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
-                ip,
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
-}
-
-#[cfg(all(test, unix))]
-mod tests {
-    use super::*;
-    use std::os::fd::AsRawFd;
-
-    #[test]
-    fn addresses_are_read_back_from_a_descriptor_and_not_after_it_closed() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let fd = client.as_raw_fd();
-        let peer = client.peer_addr().ok();
-        assert_eq!(sockaddr(fd, libc::getsockname), client.local_addr().ok());
-        assert_eq!(sockaddr(fd, libc::getpeername), peer);
-        drop(client);
-        // (Another test's socket may have the number by now, never with this peer.)
-        assert_ne!(sockaddr(fd, libc::getpeername), peer);
     }
 }

@@ -9,6 +9,8 @@ pub mod gauges;
 mod idempotency;
 pub mod maintenance;
 pub mod ops;
+#[cfg(unix)]
+pub mod pg_socket;
 pub mod reader;
 pub mod reads;
 pub mod reports;
@@ -98,6 +100,19 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, String
                 .filter(|(name, _)| !given.contains(&format!("{name}=")))
                 .map(|(name, secs)| (name, format!("{secs}s"))),
             )
+        })
+        // Nagle's algorithm off (see `pg_socket`). sea-orm sets an `after_connect` of its own
+        // only for a `schema_search_path`, which duka does not use: this one replaces it.
+        .map_sqlx_postgres_pool_opts(|o| {
+            o.after_connect(|conn, _| {
+                Box::pin(async move {
+                    #[cfg(unix)]
+                    pg_socket::set_nodelay(conn).await?;
+                    #[cfg(not(unix))]
+                    let _ = conn;
+                    Ok(())
+                })
+            })
         });
     sea_orm::Database::connect(options)
         .await

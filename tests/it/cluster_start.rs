@@ -451,6 +451,49 @@ async fn duka_connections_carry_their_timeouts() {
     assert_eq!(row.try_get_by_index::<String>(0).unwrap(), "45s");
 }
 
+/// sqlx 0.9.0 leaves Nagle's algorithm on; duka turns it off on each connection it opens
+/// (`store::pg_socket`), or a statement larger than a TCP segment waits up to 40 ms.
+#[tokio::test]
+async fn postgres_connections_send_without_delay() {
+    let db = TestDb::postgres();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(&db, dir.path());
+    let conn = duka::store::connect(&settings.database).await.unwrap();
+    // Several connections at once, so that more than the first one is looked at.
+    let ends = "SELECT host(inet_client_addr()) || ' ' || inet_client_port() || ' ' || \
+                host(inet_server_addr()) || ' ' || inet_server_port() AS ends, \
+                pg_sleep(0.2)::text AS slept";
+    let queries = (0..4).map(|_| {
+        let conn = conn.clone();
+        async move {
+            let row = conn
+                .query_one_raw(Statement::from_string(conn.get_database_backend(), ends))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get::<String>("", "ends").unwrap()
+        }
+    });
+    let mut seen = futures_util::future::join_all(queries).await;
+    seen.sort();
+    seen.dedup();
+    assert!(
+        seen.len() > 1,
+        "the queries shared one connection: {seen:?}"
+    );
+    for ends in seen {
+        let parts: Vec<&str> = ends.split(' ').collect();
+        let addr = |ip: &str, port: &str| {
+            std::net::SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap())
+        };
+        let (local, peer) = (addr(parts[0], parts[1]), addr(parts[2], parts[3]));
+        let fd = duka::store::pg_socket::socket_of(local, peer)
+            .unwrap_or_else(|| panic!("no socket of this process is {local} -> {peer}"));
+        let nodelay = duka::sys::int_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY);
+        assert_eq!(nodelay.map(|v| v != 0), Some(true), "{local} -> {peer}");
+    }
+}
+
 #[tokio::test]
 async fn the_maintenance_pass_is_skipped_while_another_instance_runs_it() {
     let db = TestDb::new();
