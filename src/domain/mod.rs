@@ -7,6 +7,7 @@ pub mod notification;
 pub mod order;
 pub mod phone;
 pub mod time;
+pub mod views;
 
 use std::collections::BTreeMap;
 

@@ -22,7 +22,7 @@ pub const WRITE_BUFFER: usize = 8 * 1024;
 use crate::auth::{self, Principal};
 use crate::domain::money::Currency;
 use crate::domain::phone::Region;
-use crate::store::ops::{IdemKey, WriteOp, WriteReply};
+use crate::store::ops::{IdemKey, StoredReply, WriteOp, WriteReply};
 use crate::store::repository::Write;
 use crate::store::{Reader, Repository};
 use actix::Addr;
@@ -181,17 +181,35 @@ pub fn created(collection: &str, reply: WriteReply) -> Result<HttpResponse, ApiE
         WriteReply::Customer(c) => Some(c.id.to_string()),
         WriteReply::Order(o) => Some(o.id.to_string()),
         // A replay is rare: its id is read back from the stored body.
-        WriteReply::Replay { body, .. } => serde_json::from_str::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string)),
+        WriteReply::Replay(StoredReply { body, .. }) => {
+            serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
+        }
         _ => None,
     };
-    let (status, body) = body_of(StatusCode::CREATED, reply)?;
+    let StoredReply { status, body } = render_created(&reply).map_err(ApiError::Internal)?;
+    let status = StatusCode::from_u16(status).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut response = HttpResponse::build(status);
     if let Some(id) = id.filter(|_| status == StatusCode::CREATED) {
         response.insert_header((header::LOCATION, format!("{collection}/{id}")));
     }
     Ok(response.content_type("application/json").body(body))
+}
+
+/// The response to a create: 201 and the resource as JSON. `created` answers it, and an
+/// `Idempotency-Key` keeps it (`IdemKey::render`) to replay byte for byte.
+fn render_created(reply: &WriteReply) -> Result<StoredReply, String> {
+    let body = match reply {
+        WriteReply::Customer(c) => serde_json::to_string(c),
+        WriteReply::Order(o) => serde_json::to_string(o),
+        WriteReply::Replay(stored) => return Ok(stored.clone()),
+        _ => return Err("a create answered with something other than a resource".into()),
+    };
+    Ok(StoredReply {
+        status: StatusCode::CREATED.as_u16(),
+        body: body.map_err(|e| e.to_string())?,
+    })
 }
 
 pub fn reply(reply: WriteReply) -> Result<HttpResponse, ApiError> {
@@ -219,7 +237,7 @@ fn body_of(status: StatusCode, reply: WriteReply) -> Result<(StatusCode, String)
         | WriteReply::Done
         | WriteReply::Claimed(_)
         | WriteReply::Recorded(_) => (StatusCode::NO_CONTENT, String::new()),
-        WriteReply::Replay { status, body } => (
+        WriteReply::Replay(StoredReply { status, body }) => (
             StatusCode::from_u16(status).map_err(|e| ApiError::Internal(e.to_string()))?,
             body,
         ),
@@ -251,6 +269,7 @@ pub fn idempotency_key(
         route,
         key: key.to_string(),
         request_hash: body.hash(),
+        render: render_created,
     }))
 }
 

@@ -15,10 +15,10 @@ use crate::domain::order::{
     CustomerRef, ITEM_MAX, NewOrder, OrderPatch, OrderStatus, parse_quantity,
 };
 use crate::domain::time::DateBound;
+use crate::domain::views::{NotificationView, OrderView, Page};
 use crate::store::ops::WriteOp;
 use crate::store::reader::{GetOrder, ListNotifications, ListOrders, OrderHistory};
 use crate::store::reads::{NotificationFilter, OrderFilter};
-use crate::store::views::{NotificationView, OrderView, Page};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};

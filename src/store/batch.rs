@@ -13,7 +13,7 @@
 
 use super::entities::{event, idempotency_key};
 use super::error::StoreError;
-use super::ops::{self, OpError, WriteOp, WriteReply};
+use super::ops::{self, OpError, StoredReply, WriteOp, WriteReply};
 use crate::domain::event::{Actor, Event, EventType};
 use crate::domain::notification::{NotifyOn, Template};
 use crate::domain::time::Timestamp;
@@ -257,7 +257,7 @@ pub(super) type KeyId = (String, &'static str, String);
 pub(super) struct SeenKey {
     pub request_hash: String,
     /// The stored response, or why the operation was refused.
-    pub outcome: Result<(u16, String), StoreError>,
+    pub outcome: Result<StoredReply, StoreError>,
 }
 
 /// The state of one batch: the next `seq`, and what it commits besides its rows.
@@ -348,7 +348,7 @@ impl<'a> Batch<'a> {
     /// Remembers what an operation did with its key, for a repeat later in this batch,
     /// and (for a stored response) writes the key's record with the batch.
     pub(super) fn remember(&mut self, key: KeyId, seen: SeenKey) {
-        if let Ok((status, body)) = &seen.outcome {
+        if let Ok(StoredReply { status, body }) = &seen.outcome {
             self.idempotency.push(idempotency_key::Model {
                 principal: key.0.clone(),
                 route: key.1.to_string(),

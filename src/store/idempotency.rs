@@ -8,7 +8,7 @@
 use super::batch::{Batch, KeyId, SeenKey};
 use super::entities::idempotency_key;
 use super::error::StoreError;
-use super::ops::{IdemKey, WriteReply};
+use super::ops::{IdemKey, StoredReply, WriteReply};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use std::collections::HashMap;
 
@@ -71,7 +71,6 @@ pub(super) fn decide(
     stored: &HashMap<KeyId, idempotency_key::Model>,
     batch: &Batch<'_>,
     in_run: &HashMap<KeyId, (usize, String)>,
-    default_status: u16,
 ) -> Decision {
     let id = key_id(idem);
     if let Some((index, hash)) = in_run.get(&id) {
@@ -89,35 +88,36 @@ pub(super) fn decide(
         return Decision::Answer(if *request_hash != idem.request_hash {
             Err(conflict())
         } else {
-            outcome
-                .clone()
-                .map(|(status, body)| WriteReply::Replay { status, body })
+            outcome.clone().map(WriteReply::Replay)
         });
     }
     if let Some(row) = stored.get(&id) {
         return Decision::Answer(if row.request_hash != idem.request_hash {
             Err(conflict())
         } else {
-            Ok(WriteReply::Replay {
-                status: u16::try_from(row.status).unwrap_or(default_status),
-                body: row.body.clone(),
-            })
+            u16::try_from(row.status)
+                .map_err(|_| {
+                    StoreError::Internal(format!(
+                        "the response kept for an Idempotency-Key has status {}",
+                        row.status
+                    ))
+                })
+                .map(|status| {
+                    WriteReply::Replay(StoredReply {
+                        status,
+                        body: row.body.clone(),
+                    })
+                })
         });
     }
     Decision::Run
 }
 
-/// The response body stored for a reply.
-pub(super) fn body_of(reply: &WriteReply) -> Result<String, StoreError> {
+/// The response kept with `idem` for `reply`, as the HTTP layer makes it (a replay is
+/// already one).
+pub(super) fn render(idem: &IdemKey, reply: &WriteReply) -> Result<StoredReply, StoreError> {
     match reply {
-        WriteReply::Customer(c) => serde_json::to_string(c),
-        WriteReply::Order(o) => serde_json::to_string(o),
-        WriteReply::Notification(n) => serde_json::to_string(n),
-        WriteReply::Replay { body, .. } => Ok(body.clone()),
-        WriteReply::Claimed(_)
-        | WriteReply::Recorded(_)
-        | WriteReply::Deleted
-        | WriteReply::Done => Ok(String::new()),
+        WriteReply::Replay(stored) => Ok(stored.clone()),
+        reply => (idem.render)(reply).map_err(StoreError::Internal),
     }
-    .map_err(|e| StoreError::Internal(e.to_string()))
 }

@@ -13,10 +13,10 @@ pub mod ops;
 pub mod pg_socket;
 pub mod reader;
 pub mod reads;
+pub mod records;
 pub mod reports;
 pub mod repository;
 pub mod sqlite_lock;
-pub mod views;
 
 pub use error::StoreError;
 pub use reader::Reader;

@@ -6,9 +6,9 @@
 use super::entities::session;
 use super::error::StoreError;
 use super::reads::{self, NotificationFilter, OrderFilter, PageRequest};
-use super::views::{CustomerView, NotificationView, OrderView, Page};
 use crate::domain::event::Event;
 use crate::domain::time::Timestamp;
+use crate::domain::views::{CustomerView, NotificationView, OrderView, Page};
 use actix::prelude::*;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use std::time::Duration;

@@ -3,11 +3,12 @@
 use super::batch::QueuedSms;
 use super::entities::{customer, event, notification, order};
 use super::error::StoreError;
-use super::views::{CustomerView, NotificationView, OrderView, Page};
 use crate::domain::event::{Actor, Event, EventType};
 use crate::domain::notification::NotificationStatus;
 use crate::domain::order::OrderStatus;
 use crate::domain::time::Timestamp;
+use crate::domain::views::{CustomerView, NotificationView, OrderView, Page};
+use crate::store::records::order_view;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, Query, SimpleExpr};
@@ -220,7 +221,7 @@ pub async fn order_views(
                 .get(&o.customer_id)
                 .ok_or_else(|| StoreError::Internal(format!("order {} has no customer", o.id)))?;
             let n = latest.get(&o.id);
-            Ok(OrderView::new(o, customer, n))
+            Ok(order_view(o, customer, n))
         })
         .collect()
 }

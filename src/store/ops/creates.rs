@@ -6,17 +6,15 @@ use super::{OpError, OpResult, WriteOp, WriteReply};
 use crate::domain::customer::NewCustomer;
 use crate::domain::event::{Actor, EventType};
 use crate::domain::order::NewOrder;
+use crate::domain::views::CustomerView;
 use crate::store::batch::{Batch, Change, QueuedSms, SeenKey};
 use crate::store::entities::{customer, notification, order};
 use crate::store::error::StoreError;
 use crate::store::idempotency::{self, Decision};
 use crate::store::ops::IdemKey;
-use crate::store::views::{CustomerView, OrderView};
+use crate::store::records::order_view;
 use sea_orm::ConnectionTrait;
 use std::collections::HashMap;
-
-/// The status a create answers with, stored with its idempotency record.
-pub(super) const CREATED: u16 = 201;
 
 pub(super) enum Kind {
     Customer(NewCustomer),
@@ -98,7 +96,7 @@ impl CreateRun {
         let mut in_run = HashMap::new();
         for (index, item) in self.items.iter_mut().enumerate() {
             let Some(idem) = &item.idem else { continue };
-            match idempotency::decide(idem, &stored, batch, &in_run, CREATED) {
+            match idempotency::decide(idem, &stored, batch, &in_run) {
                 Decision::Run => {
                     in_run.insert(
                         idempotency::key_id(idem),
@@ -127,14 +125,14 @@ impl CreateRun {
             let result = match item.state {
                 State::Answered(result) => result,
                 State::Refused(e) => Err(OpError::Refused(e)),
-                State::RepeatOf(earlier) => match &results[earlier] {
-                    Ok(reply) => idempotency::body_of(reply)
-                        .map(|body| WriteReply::Replay {
-                            status: CREATED,
-                            body,
-                        })
+                State::RepeatOf(earlier) => match (&results[earlier], &item.idem) {
+                    (Ok(reply), Some(idem)) => idempotency::render(idem, reply)
+                        .map(WriteReply::Replay)
                         .map_err(OpError::Failed),
-                    Err(OpError::Refused(e) | OpError::Failed(e)) => {
+                    (Ok(_), None) => Err(OpError::Failed(StoreError::Internal(
+                        "a repeat without its key".into(),
+                    ))),
+                    (Err(OpError::Refused(e) | OpError::Failed(e)), _) => {
                         Err(OpError::Refused(e.clone()))
                     }
                 },
@@ -157,7 +155,7 @@ impl CreateRun {
                             not_before: n.next_attempt_at.unwrap_or(n.created_at),
                         });
                     }
-                    let view = OrderView::new(row, &customer, notification.as_ref());
+                    let view = order_view(row, &customer, notification.as_ref());
                     batch
                         .emit(EventType::OrderCreated, &view)
                         .map(|()| WriteReply::Order(view))
@@ -169,7 +167,7 @@ impl CreateRun {
             };
             if ran && let Some(idem) = &item.idem {
                 let outcome = match &result {
-                    Ok(reply) => idempotency::body_of(reply).map(|body| (CREATED, body)),
+                    Ok(reply) => idempotency::render(idem, reply),
                     Err(OpError::Refused(e) | OpError::Failed(e)) => Err(e.clone()),
                 };
                 batch.remember(

@@ -5,10 +5,10 @@ use super::{OpError, OpResult, WriteReply, refuse};
 use crate::domain::customer::{CustomerCode, CustomerPatch};
 use crate::domain::event::EventType;
 use crate::domain::time::Timestamp;
+use crate::domain::views::CustomerView;
 use crate::store::batch::{Batch, ROWS_PER_INSERT};
 use crate::store::entities::{customer, order};
 use crate::store::error::StoreError;
-use crate::store::views::CustomerView;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, IntoActiveModel,

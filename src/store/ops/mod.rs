@@ -12,10 +12,10 @@ pub mod sessions;
 use super::batch::{Batch, Change};
 use super::entities::session;
 use super::error::StoreError;
-use super::views::{CustomerView, NotificationView, OrderView};
 use crate::domain::customer::{CustomerPatch, NewCustomer};
 use crate::domain::order::{NewOrder, OrderPatch};
 use crate::domain::time::Timestamp;
+use crate::domain::views::{CustomerView, NotificationView, OrderView};
 use sea_orm::{ConnectionTrait, DbErr};
 use uuid::Uuid;
 
@@ -27,7 +27,20 @@ pub struct IdemKey {
     pub key: String,
     /// SHA-256 of the request body as received.
     pub request_hash: String,
+    /// How the HTTP layer makes the response kept with the key from the reply.
+    pub render: RenderReply,
 }
+
+/// An idempotent request's response as the HTTP layer made it: kept with its key in the
+/// operation's transaction and replayed byte for byte. The store does not look inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReply {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Makes the response kept for a reply (an error says why it could not be made).
+pub type RenderReply = fn(&WriteReply) -> Result<StoredReply, String>;
 
 #[derive(Debug, Clone)]
 pub enum WriteOp {
@@ -169,10 +182,7 @@ pub enum WriteReply {
     /// Done, nothing to show.
     Done,
     /// An idempotent repeat: the original response, verbatim.
-    Replay {
-        status: u16,
-        body: String,
-    },
+    Replay(StoredReply),
 }
 
 /// Why an operation did not apply. `Refused` is decided before the operation wrote

@@ -11,10 +11,11 @@ use crate::domain::event::EventType;
 use crate::domain::money::Money;
 use crate::domain::notification::{NotificationStatus, NotifyOn};
 use crate::domain::time::Timestamp;
+use crate::domain::views::NotificationView;
 use crate::store::batch::{Batch, QueuedSms, WriteConfig};
 use crate::store::entities::{customer, notification, order};
 use crate::store::error::StoreError;
-use crate::store::views::{NotificationView, OrderView};
+use crate::store::records::order_view;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel,
     QueryFilter, QuerySelect, Statement, Value,
@@ -141,7 +142,7 @@ pub(super) async fn queue_again(
     let row = queue(txn, &order, &customer, on, true, batch)
         .await?
         .ok_or_else(|| StoreError::Internal("no template for notification".into()))?;
-    let view = OrderView::new(order, &customer, Some(&row));
+    let view = order_view(order, &customer, Some(&row));
     batch.emit(EventType::OrderUpdated, &view)?;
     let notification = NotificationView::from(row);
     batch.emit(EventType::NotificationUpdated, &notification)?;

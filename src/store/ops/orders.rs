@@ -11,7 +11,7 @@ use crate::store::batch::{Batch, ROWS_PER_INSERT};
 use crate::store::entities::{customer, notification, order};
 use crate::store::error::StoreError;
 use crate::store::reads;
-use crate::store::views::OrderView;
+use crate::store::records::order_view;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, IntoActiveModel,
@@ -232,7 +232,7 @@ pub(super) async fn update(
         .ok_or_else(|| StoreError::Internal("order without customer".into()))?;
     if next == current {
         let latest = reads::latest_notification(txn, id).await?;
-        return Ok(WriteReply::Order(OrderView::new(
+        return Ok(WriteReply::Order(order_view(
             current,
             &customer,
             latest.as_ref(),
@@ -250,7 +250,7 @@ pub(super) async fn update(
         Some(row) => Some(row),
         None => reads::latest_notification(txn, id).await?,
     };
-    let view = OrderView::new(next, &customer, latest.as_ref());
+    let view = order_view(next, &customer, latest.as_ref());
     batch.emit(EventType::OrderUpdated, &view)?;
     Ok(WriteReply::Order(view))
 }

@@ -1,9 +1,10 @@
-//! What clients see: the JSON shapes of CONTRACT.md, built from rows.
+//! The resources as clients see them: the JSON shapes of CONTRACT.md. REST bodies, live
+//! event data and the stored replies of idempotent requests are all these, so that a
+//! resource reads the same everywhere. The store builds them from its rows
+//! (`store::records`); here they are plain data.
 
-use super::entities::{customer, notification, order};
-use crate::domain::money::Money;
-use crate::domain::notification::NotificationStatus;
-use crate::domain::time::Timestamp;
+use super::notification::NotificationStatus;
+use super::time::Timestamp;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -26,20 +27,6 @@ pub struct CustomerView {
     pub updated_at: Timestamp,
 }
 
-impl From<customer::Model> for CustomerView {
-    fn from(m: customer::Model) -> Self {
-        Self {
-            id: m.id,
-            name: m.name,
-            code: m.code,
-            phone: m.phone,
-            email: m.email,
-            created_at: Timestamp::from_millis(m.created_at),
-            updated_at: Timestamp::from_millis(m.updated_at),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct CustomerSummary {
     pub id: Uuid,
@@ -51,33 +38,12 @@ pub struct CustomerSummary {
     pub phone: String,
 }
 
-impl From<&customer::Model> for CustomerSummary {
-    fn from(m: &customer::Model) -> Self {
-        Self {
-            id: m.id,
-            name: m.name.clone(),
-            code: m.code.clone(),
-            phone: m.phone.clone(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct NotificationSummary {
     pub id: Uuid,
     pub status: NotificationStatus,
     #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub updated_at: Timestamp,
-}
-
-impl From<&notification::Model> for NotificationSummary {
-    fn from(m: &notification::Model) -> Self {
-        Self {
-            id: m.id,
-            status: m.status,
-            updated_at: Timestamp::from_millis(m.updated_at),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
@@ -94,7 +60,7 @@ pub struct OrderView {
     /// ISO 4217.
     #[schema(example = "KES")]
     pub currency: String,
-    pub status: crate::domain::order::OrderStatus,
+    pub status: super::order::OrderStatus,
     /// Always present; `null` when absent.
     #[schema(required = true)]
     pub notification: Option<NotificationSummary>,
@@ -102,36 +68,6 @@ pub struct OrderView {
     pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub updated_at: Timestamp,
-}
-
-impl OrderView {
-    pub fn new(
-        m: order::Model,
-        customer: &customer::Model,
-        latest: Option<&notification::Model>,
-    ) -> Self {
-        Self {
-            id: m.id,
-            order_number: m.order_number,
-            customer: customer.into(),
-            item: m.item,
-            quantity: m.quantity,
-            amount: format_minor(m.amount_minor),
-            currency: m.currency,
-            status: m.status,
-            notification: latest.map(NotificationSummary::from),
-            created_at: Timestamp::from_millis(m.created_at),
-            updated_at: Timestamp::from_millis(m.updated_at),
-        }
-    }
-}
-
-fn format_minor(minor: i64) -> String {
-    match Money::from_minor(minor) {
-        Ok(money) => money.to_string(),
-        // Stored amounts were validated on the way in; keep an odd row readable anyway.
-        Err(_) => format!("{}.{:02}", minor / 100, (minor % 100).abs()),
-    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
@@ -164,32 +100,6 @@ pub struct NotificationView {
     pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime, example = "2026-11-21T09:30:00.123Z")]
     pub updated_at: Timestamp,
-}
-
-impl From<notification::Model> for NotificationView {
-    fn from(m: notification::Model) -> Self {
-        // A fresh message is due at once; only one that has been tried waits for a retry.
-        let retrying = m.status == NotificationStatus::Queued && m.attempts > 0;
-        Self {
-            id: m.id,
-            order_id: m.order_id,
-            customer_id: m.customer_id,
-            phone: m.phone,
-            message: m.message,
-            status: m.status,
-            attempts: m.attempts,
-            provider: m.provider,
-            provider_message_id: m.provider_message_id,
-            cost: m.cost,
-            error: m.error,
-            next_attempt_at: m
-                .next_attempt_at
-                .filter(|_| retrying)
-                .map(Timestamp::from_millis),
-            created_at: Timestamp::from_millis(m.created_at),
-            updated_at: Timestamp::from_millis(m.updated_at),
-        }
-    }
 }
 
 /// One page of a keyset-paginated list.
