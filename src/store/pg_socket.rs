@@ -18,14 +18,29 @@ use std::net::{IpAddr, SocketAddr};
 
 /// For the pool's `after_connect`: turns Nagle's algorithm off on `conn`'s socket. A socket
 /// that cannot be found (a proxy in between shows the server other addresses) is left as it
-/// is, with a warning: the connection works, only large statements are slower.
+/// is, with a warning: the connection works, only large statements are slower. So is a
+/// server that refuses the query (one that only speaks PostgreSQL's protocol, without
+/// these functions); a connection that fails is an error.
 pub async fn set_nodelay(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    let row = sqlx::query(
+    let asked = sqlx::query(
         "SELECT host(inet_client_addr()) AS local_ip, inet_client_port() AS local_port, \
          host(inet_server_addr()) AS peer_ip, inet_server_port() AS peer_port",
     )
     .fetch_one(conn)
-    .await?;
+    .await;
+    let row = match asked {
+        Ok(row) => row,
+        Err(sqlx::Error::Database(e)) => {
+            tracing::warn!(
+                error = %e,
+                "the server did not tell a PostgreSQL connection's addresses: Nagle's \
+                 algorithm stays on, and statements larger than a TCP segment may wait up \
+                 to 40 ms"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let addr = |ip: &str, port: &str| -> Option<SocketAddr> {
         let ip: IpAddr = row.try_get::<Option<String>, _>(ip).ok()??.parse().ok()?;
         let port = u16::try_from(row.try_get::<Option<i32>, _>(port).ok()??).ok()?;
