@@ -463,18 +463,7 @@ async fn postgres_connections_send_without_delay() {
     let ends = "SELECT host(inet_client_addr()) || ' ' || inet_client_port() || ' ' || \
                 host(inet_server_addr()) || ' ' || inet_server_port() AS ends, \
                 pg_sleep(0.2)::text AS slept";
-    let queries = (0..4).map(|_| {
-        let conn = conn.clone();
-        async move {
-            let row = conn
-                .query_one_raw(Statement::from_string(conn.get_database_backend(), ends))
-                .await
-                .unwrap()
-                .unwrap();
-            row.try_get::<String>("", "ends").unwrap()
-        }
-    });
-    let mut seen = futures_util::future::join_all(queries).await;
+    let mut seen = futures_util::future::join_all((0..4).map(|_| text(&conn, ends))).await;
     seen.sort();
     seen.dedup();
     assert!(

@@ -415,6 +415,15 @@ impl TestDb {
 
 /// The first column of the first row of `sql` as an integer (COUNT, MAX...).
 pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
+    first_column(db, sql).await
+}
+
+/// The first column of the first row of `sql` as text.
+pub async fn text(db: &DatabaseConnection, sql: &str) -> String {
+    first_column(db, sql).await
+}
+
+async fn first_column<T: sea_orm::TryGetable>(db: &DatabaseConnection, sql: &str) -> T {
     let row = db
         .query_one_raw(sea_orm::Statement::from_string(
             db.get_database_backend(),
@@ -423,7 +432,7 @@ pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .unwrap_or_else(|| panic!("{sql}: no row"));
-    row.try_get_by_index::<i64>(0)
+    row.try_get_by_index::<T>(0)
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
