@@ -7,16 +7,19 @@ use crate::domain::event::{Actor, Event, EventType};
 use crate::domain::notification::NotificationStatus;
 use crate::domain::order::OrderStatus;
 use crate::domain::time::Timestamp;
-use crate::domain::views::{CustomerView, NotificationView, OrderView, Page};
-use crate::store::records::order_view;
+use crate::domain::views::{
+    CustomerSummary, CustomerView, NotificationSummary, NotificationView, OrderView, Page,
+};
+use crate::store::records::order_view_of;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, Query, SimpleExpr};
-use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Statement,
+use sea_orm::sea_query::{
+    Expr, ExprTrait, Func, LikeExpr, Order, Query, QueryStatementBuilder, SimpleExpr,
 };
-use std::collections::{HashMap, HashSet};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, Select, Statement,
+};
 use uuid::Uuid;
 
 pub const DEFAULT_LIMIT: u64 = 20;
@@ -160,80 +163,139 @@ pub async fn list_orders(
     }
     if let Some(q) = &filter.q {
         let pattern = contains_pattern(q);
+        // Matching customers are looked up once (a semi-join): filtering the joined
+        // customer's columns row by row is slower on PostgreSQL.
         let customers = Query::select()
-            .column(customer::Column::Id)
+            .column((customer::Entity, customer::Column::Id))
             .from(customer::Entity)
             .cond_where(
                 Condition::any()
-                    .add(ilike(customer::Column::Name, &pattern))
-                    .add(ilike(customer::Column::Code, &pattern)),
+                    .add(ilike((customer::Entity, customer::Column::Name), &pattern))
+                    .add(ilike((customer::Entity, customer::Column::Code), &pattern)),
             )
             .to_owned();
         cond = cond.add(
             Condition::any()
-                .add(ilike(order::Column::Item, &pattern))
-                .add(ilike(order::Column::OrderNumber, &pattern))
+                .add(ilike((order::Entity, order::Column::Item), &pattern))
+                .add(ilike((order::Entity, order::Column::OrderNumber), &pattern))
                 .add(order::Column::CustomerId.in_subquery(customers)),
         );
     }
-    let rows = order::Entity::find()
+    let rows = with_customer_and_latest()
         .filter(cond)
         .order_by_desc(order::Column::Id)
         .limit(page.limit + 1)
+        .into_model::<OrderRow>()
         .all(db)
         .await?;
-    let rows = into_page(rows, page, |m| m.id, |rows| rows);
-    Ok(Page {
-        items: order_views(db, rows.items).await?,
-        next_cursor: rows.next_cursor,
-    })
+    Ok(into_page(
+        rows,
+        page,
+        |r| r.order.id,
+        |rows| rows.into_iter().map(OrderRow::into_view).collect(),
+    ))
 }
 
-/// Joins orders with their customers and latest notifications (three queries per page).
-pub async fn order_views(
-    db: &impl ConnectionTrait,
-    rows: Vec<order::Model>,
-) -> Result<Vec<OrderView>, StoreError> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
+/// An order with what its view shows of its customer and of its latest message.
+#[derive(Debug, FromQueryResult)]
+struct OrderRow {
+    #[sea_orm(nested)]
+    order: order::Model,
+    customer_name: String,
+    customer_code: String,
+    customer_phone: String,
+    notification_id: Option<Uuid>,
+    notification_status: Option<NotificationStatus>,
+    notification_updated_at: Option<i64>,
+}
+
+impl OrderRow {
+    fn into_view(self) -> OrderView {
+        let customer = CustomerSummary {
+            id: self.order.customer_id,
+            name: self.customer_name,
+            code: self.customer_code,
+            phone: self.customer_phone,
+        };
+        let notification = match (
+            self.notification_id,
+            self.notification_status,
+            self.notification_updated_at,
+        ) {
+            (Some(id), Some(status), Some(updated_at)) => Some(NotificationSummary {
+                id,
+                status,
+                updated_at: Timestamp::from_millis(updated_at),
+            }),
+            _ => None,
+        };
+        order_view_of(self.order, customer, notification)
     }
-    let customer_ids: HashSet<Uuid> = rows.iter().map(|o| o.customer_id).collect();
-    let customers: HashMap<Uuid, customer::Model> = customer::Entity::find()
-        .filter(customer::Column::Id.is_in(customer_ids))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|c| (c.id, c))
-        .collect();
-    let order_ids: Vec<Uuid> = rows.iter().map(|o| o.id).collect();
-    let mut latest: HashMap<Uuid, notification::Model> = HashMap::new();
-    for n in notification::Entity::find()
-        .filter(notification::Column::OrderId.is_in(order_ids))
-        .order_by_desc(notification::Column::Id)
-        .all(db)
-        .await?
-    {
-        latest.entry(n.order_id).or_insert(n);
-    }
-    rows.into_iter()
-        .map(|o| {
-            let customer = customers
-                .get(&o.customer_id)
-                .ok_or_else(|| StoreError::Internal(format!("order {} has no customer", o.id)))?;
-            let n = latest.get(&o.id);
-            Ok(order_view(o, customer, n))
-        })
-        .collect()
+}
+
+/// Orders joined with their customers and latest messages: a page of views is one
+/// statement, one round trip. The latest message is the one with the highest id (UUID v7),
+/// found through `ix_notifications_order`.
+fn with_customer_and_latest() -> Select<order::Entity> {
+    const LATEST: &str = "latest";
+    let latest_id = Query::select()
+        .column((LATEST, notification::Column::Id))
+        .from_as(notification::Entity, LATEST)
+        .and_where(
+            Expr::col((LATEST, notification::Column::OrderId))
+                .equals((order::Entity, order::Column::Id)),
+        )
+        .order_by((LATEST, notification::Column::Id), Order::Desc)
+        .limit(1)
+        .to_owned();
+    let mut select = order::Entity::find();
+    QueryTrait::query(&mut select)
+        .inner_join(
+            customer::Entity,
+            Expr::col((customer::Entity, customer::Column::Id))
+                .equals((order::Entity, order::Column::CustomerId)),
+        )
+        .left_join(
+            notification::Entity,
+            Expr::col((notification::Entity, notification::Column::Id)).eq(Expr::SubQuery(
+                None,
+                Box::new(latest_id.into_sub_query_statement()),
+            )),
+        )
+        .expr_as(
+            Expr::col((customer::Entity, customer::Column::Name)),
+            "customer_name",
+        )
+        .expr_as(
+            Expr::col((customer::Entity, customer::Column::Code)),
+            "customer_code",
+        )
+        .expr_as(
+            Expr::col((customer::Entity, customer::Column::Phone)),
+            "customer_phone",
+        )
+        .expr_as(
+            Expr::col((notification::Entity, notification::Column::Id)),
+            "notification_id",
+        )
+        .expr_as(
+            Expr::col((notification::Entity, notification::Column::Status)),
+            "notification_status",
+        )
+        .expr_as(
+            Expr::col((notification::Entity, notification::Column::UpdatedAt)),
+            "notification_updated_at",
+        );
+    select
 }
 
 pub async fn get_order(db: &impl ConnectionTrait, id: Uuid) -> Result<OrderView, StoreError> {
-    let row = order::Entity::find_by_id(id)
+    with_customer_and_latest()
+        .filter(order::Column::Id.eq(id))
+        .into_model::<OrderRow>()
         .one(db)
         .await?
-        .ok_or(StoreError::NotFound("order"))?;
-    order_views(db, vec![row])
-        .await?
-        .pop()
+        .map(OrderRow::into_view)
         .ok_or(StoreError::NotFound("order"))
 }
 

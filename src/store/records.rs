@@ -49,16 +49,25 @@ pub fn order_view(
     customer: &customer::Model,
     latest: Option<&notification::Model>,
 ) -> OrderView {
+    order_view_of(m, customer.into(), latest.map(NotificationSummary::from))
+}
+
+/// The same, from the parts of the customer and the message that the view shows.
+pub fn order_view_of(
+    m: order::Model,
+    customer: CustomerSummary,
+    notification: Option<NotificationSummary>,
+) -> OrderView {
     OrderView {
         id: m.id,
         order_number: m.order_number,
-        customer: customer.into(),
+        customer,
         item: m.item,
         quantity: m.quantity,
         amount: format_minor(m.amount_minor),
         currency: m.currency,
         status: m.status,
-        notification: latest.map(NotificationSummary::from),
+        notification,
         created_at: Timestamp::from_millis(m.created_at),
         updated_at: Timestamp::from_millis(m.updated_at),
     }

@@ -1716,6 +1716,11 @@ async fn order_notifications_list_resend_and_global_filters() {
         fresh["id"],
         "the order shows its latest notification"
     );
+    let listed = items(&app, &qs("/api/v1/orders", &[("customer_id", &id(&c))])).await;
+    let shown = listed.iter().find(|x| x["id"] == o["id"]).unwrap();
+    assert_eq!(shown["notification"]["id"], fresh["id"], "so does the list");
+    let shown = listed.iter().find(|x| x["id"] == other["id"]).unwrap();
+    assert_eq!(shown["notification"]["id"], other["notification"]["id"]);
 
     // Each SMS costs money: a second "send again" of this order within a minute is refused
     // with Retry-After and queues nothing; the SMS sent on creation did not count, and
