@@ -139,7 +139,7 @@ fn log_locations(settings: &Settings) {
 pub async fn migrate(settings: &Settings, reset_session_key: bool) -> Result<(), StartError> {
     tracing::info!(version = VERSION, "duka migrate");
     log_locations(settings);
-    let db = store::connect(&settings.database)
+    let db = store::connect(&settings.database, settings.database.max_connections)
         .await
         .map_err(StartError)?;
     store::migrate(&db).await.map_err(StartError)?;
@@ -201,7 +201,12 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
         .map(|path| store::sqlite_lock::acquire(&path))
         .transpose()
         .map_err(StartError)?;
-    let db = store::connect(&settings.database)
+    let workers = match settings.http.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let pools = store::PoolPlan::new(&settings.database, workers);
+    let db = store::connect(&settings.database, pools.shared)
         .await
         .map_err(StartError)?;
     if settings.database.migrate_on_start {
@@ -265,6 +270,7 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     // The writer, the hub with its feed and the SMS dispatcher each have a thread of their
     // own (their actors stop with the service, see `Duka::run`).
     let repo = Repository::new(db.clone(), write_config, retention)
+        .own_pool(settings.database.clone(), pools.writer)
         .start_alone(&actix::Arbiter::new().handle());
     // First listener, before anything can write: the hub must see every commit after
     // `latest_seq`.
@@ -342,11 +348,14 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     let bind = settings
         .bind_addr()
         .map_err(|e| StartError(e.to_string()))?;
+    let db_settings = settings.database.clone();
     let mut server = HttpServer::new(move || {
         // Runs on each worker's thread: its reader polls that worker's reads there.
         let state = web::Data::new(http::AppState {
             repo: writer.clone(),
-            reader: Reader::new(db.clone()).start(),
+            reader: Reader::new(db.clone())
+                .own_pool(db_settings.clone(), pools.per_worker)
+                .start(),
             region,
             currency,
             timezone,
@@ -374,10 +383,6 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     if settings.http.workers > 0 {
         server = server.workers(settings.http.workers);
     }
-    let workers = match settings.http.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
     server = server.max_connections(connections_per_worker(open_files, workers));
     let server = server
         .bind(bind)

@@ -51,7 +51,84 @@ const SQLITE_STATEMENT_CACHE: usize = 32;
 
 /// Opens the pool. SQLite runs in WAL mode with `synchronous=FULL` (an acknowledged order
 /// survives power loss), a busy timeout and foreign keys on; its directory is created.
-pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, String> {
+pub async fn connect(settings: &DbSettings, max: u32) -> Result<DatabaseConnection, String> {
+    open(settings, max, false).await
+}
+
+/// How `database.max_connections` is shared out. On PostgreSQL the writer and each HTTP
+/// worker's reader keep pools of their own, opened on their own threads: a socket is
+/// watched by the runtime that opened it, so a connection used from another thread has
+/// every reply wake two threads, and waits while the opener is busy serving requests
+/// (bench/ab, GET by id at c=32: 1.31x). On SQLite every connection is a thread of its own
+/// anyway, and there is one pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolPlan {
+    /// Startup, the live feed, the SMS dispatcher's sweeps, sessions.
+    pub shared: u32,
+    /// The writer: its batch and the maintenance pass beside it (0: it uses `shared`).
+    pub writer: u32,
+    /// Each HTTP worker's reads (0: they use `shared`).
+    pub per_worker: u32,
+}
+
+impl PoolPlan {
+    pub const WRITER: u32 = 2;
+    /// The fewest the shared pool keeps.
+    pub const MIN_SHARED: u32 = 2;
+
+    pub fn new(settings: &DbSettings, workers: usize) -> Self {
+        let max = settings.max_connections;
+        if sqlite_path(&settings.url).is_some() || settings.url.starts_with("sqlite:") {
+            return Self {
+                shared: max,
+                writer: 0,
+                per_worker: 0,
+            };
+        }
+        let workers = workers.max(1) as u32;
+        // Too few to share out without going over `max`: one pool, as on SQLite.
+        if max < Self::WRITER + workers + Self::MIN_SHARED {
+            return Self {
+                shared: max,
+                writer: 0,
+                per_worker: 0,
+            };
+        }
+        let per_worker = (max - Self::WRITER) / (workers + 1);
+        let shared = max - Self::WRITER - workers * per_worker;
+        Self {
+            shared,
+            writer: Self::WRITER,
+            per_worker,
+        }
+    }
+}
+
+/// A pool of `max` connections opened when first needed, for an actor to open on its own
+/// thread (see `PoolPlan`); `None` when `max` is 0 or it cannot be made (then the actor
+/// keeps the shared pool, with a warning).
+pub async fn own_pool(
+    settings: DbSettings,
+    max: u32,
+    whose: &'static str,
+) -> Option<DatabaseConnection> {
+    if max == 0 {
+        return None;
+    }
+    match open(&settings, max, true).await {
+        Ok(db) => Some(db),
+        Err(e) => {
+            tracing::warn!("{whose}'s own pool: {e}; it uses the shared pool");
+            None
+        }
+    }
+}
+
+async fn open(
+    settings: &DbSettings,
+    max_connections: u32,
+    lazy: bool,
+) -> Result<DatabaseConnection, String> {
     let url = &settings.url;
     if let Some(path) = sqlite_path(url)
         && let Some(dir) = Path::new(&path)
@@ -66,8 +143,9 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, String
     let busy_timeout = Duration::from_secs(settings.acquire_timeout_secs);
     let mut options = ConnectOptions::new(url.clone());
     options
-        .max_connections(settings.max_connections)
-        .min_connections(1)
+        .max_connections(max_connections)
+        .min_connections(u32::from(!lazy))
+        .connect_lazy(lazy)
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .connect_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .sqlx_logging(false)
@@ -203,5 +281,38 @@ mod tests {
         );
         assert_eq!(sqlite_path("sqlite::memory:"), None);
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:****@h/db");
+    }
+
+    #[test]
+    fn pool_plan_shares_out_max_connections() {
+        let db = |url: &str, max| DbSettings {
+            url: url.into(),
+            max_connections: max,
+            ..DbSettings::default()
+        };
+        let pg = "postgres://postgres@127.0.0.1/duka";
+        let plan = |url, max, workers| {
+            let p = PoolPlan::new(&db(url, max), workers);
+            (p.shared, p.writer, p.per_worker)
+        };
+        // SQLite: one pool whatever the workers.
+        assert_eq!(plan("sqlite://data/duka.db?mode=rwc", 10, 2), (10, 0, 0));
+        assert_eq!(plan("sqlite::memory:", 4, 8), (4, 0, 0));
+        // PostgreSQL: the writer 2, each worker an equal share, the rest (>= 2) shared.
+        assert_eq!(plan(pg, 10, 2), (4, 2, 2));
+        assert_eq!(plan(pg, 10, 1), (4, 2, 4));
+        assert_eq!(plan(pg, 50, 4), (12, 2, 9));
+        assert_eq!(plan(pg, 6, 2), (2, 2, 1));
+        // Never more than max in all; too few to share out: one pool.
+        assert_eq!(plan(pg, 5, 2), (5, 0, 0));
+        assert_eq!(plan(pg, 1, 0), (1, 0, 0));
+        for max in 1..64 {
+            for workers in 0..9 {
+                let p = PoolPlan::new(&db(pg, max), workers);
+                let all = p.shared + p.writer + workers.max(1) as u32 * p.per_worker;
+                assert_eq!(all, max, "max {max}, {workers} workers: {p:?}");
+                assert!(p.shared >= 1);
+            }
+        }
     }
 }

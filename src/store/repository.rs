@@ -13,6 +13,7 @@ use super::batch::{self, Pending, QueuedSms, WriteConfig};
 use super::error::StoreError;
 use super::maintenance;
 use super::ops::{WriteOp, WriteReply};
+use crate::config::Database as DbSettings;
 use crate::domain::event::{self, Event, EventType};
 use actix::prelude::*;
 use sea_orm::DatabaseConnection;
@@ -54,6 +55,8 @@ pub struct Repository {
     stopping: bool,
     events_to: Vec<Recipient<EventsCommitted>>,
     sms_to: Vec<Recipient<SmsQueued>>,
+    /// A pool of its own to open when started (see `store::PoolPlan`).
+    own_pool: Option<(DbSettings, u32)>,
 }
 
 impl Repository {
@@ -67,7 +70,14 @@ impl Repository {
             stopping: false,
             events_to: Vec::new(),
             sms_to: Vec::new(),
+            own_pool: None,
         }
+    }
+
+    /// Writes through a pool of `max` connections opened on the writer's own thread.
+    pub fn own_pool(mut self, settings: DbSettings, max: u32) -> Self {
+        self.own_pool = Some((settings, max));
+        self
     }
 
     /// Starts the writer on `arbiter`, a thread of its own, so that its per-batch work never
@@ -143,6 +153,15 @@ impl Actor for Repository {
     fn started(&mut self, ctx: &mut Self::Context) {
         // The mailbox must not push back on HTTP handlers; `pending` is the bounded buffer.
         ctx.set_mailbox_capacity(UNBOUNDED_MAILBOX);
+        if let Some((settings, max)) = self.own_pool.take() {
+            // Before the first batch; lazy, so this waits for no I/O.
+            let open = super::own_pool(settings, max, "the writer");
+            ctx.wait(open.into_actor(self).map(|db, repo, _| {
+                if let Some(db) = db {
+                    repo.db = db;
+                }
+            }));
+        }
         ctx.run_interval(MAINTENANCE_EVERY, |act, ctx| {
             let db = act.db.clone();
             let retention = act.event_retention;

@@ -407,7 +407,9 @@ async fn duka_connections_carry_their_timeouts() {
     let db = TestDb::new();
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(&db, dir.path());
-    let conn = duka::store::connect(&settings.database).await.unwrap();
+    let conn = duka::store::connect(&settings.database, settings.database.max_connections)
+        .await
+        .unwrap();
     let show = |sql: &'static str| {
         let conn = conn.clone();
         async move {
@@ -439,7 +441,9 @@ async fn duka_connections_carry_their_timeouts() {
         "{}?options=-c%20statement_timeout%3D45s",
         settings.database.url
     );
-    let conn = duka::store::connect(&settings.database).await.unwrap();
+    let conn = duka::store::connect(&settings.database, settings.database.max_connections)
+        .await
+        .unwrap();
     let row = conn
         .query_one_raw(Statement::from_string(
             conn.get_database_backend(),
@@ -458,7 +462,9 @@ async fn postgres_connections_send_without_delay() {
     let db = TestDb::postgres();
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(&db, dir.path());
-    let conn = duka::store::connect(&settings.database).await.unwrap();
+    let conn = duka::store::connect(&settings.database, settings.database.max_connections)
+        .await
+        .unwrap();
     // Several connections at once, so that more than the first one is looked at.
     let ends = "SELECT host(inet_client_addr()) || ' ' || inet_client_port() || ' ' || \
                 host(inet_server_addr()) || ' ' || inet_server_port() AS ends, \
@@ -488,7 +494,9 @@ async fn the_maintenance_pass_is_skipped_while_another_instance_runs_it() {
     let db = TestDb::new();
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(&db, dir.path());
-    let conn = duka::store::connect(&settings.database).await.unwrap();
+    let conn = duka::store::connect(&settings.database, settings.database.max_connections)
+        .await
+        .unwrap();
     duka::store::migrate(&conn).await.unwrap();
     let expired = "INSERT INTO sessions (id_hash, subject, mode, created_at, expires_at) \
                    VALUES ('gone', 'someone', 'token', 0, 1)";
