@@ -1,7 +1,7 @@
 //! The batch engine: one transaction per batch of queued operations (group commit).
 //!
-//! A batch locks the event counter, applies its operations in arrival order (runs of
-//! creates as sets, see `ops::apply_creates`), then writes all of its events and
+//! A batch locks the event counter, applies its operations (its creates first, as one set:
+//! see `ops::apply_creates`; the others in arrival order), then writes all of its events and
 //! idempotency records with one multi-row INSERT each, moves the counter once and commits.
 //! Nothing is visible to anyone until the commit.
 //!
@@ -149,53 +149,74 @@ async fn begin(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, 
         .await?)
 }
 
-/// Every operation in one transaction, no savepoints; runs of creates as sets.
+/// Every operation in one transaction, no savepoints. The batch's creates are one run,
+/// applied first as sets; the other operations follow in arrival order. Every operation in
+/// a batch was sent before any of them was answered, so this order is one its callers
+/// could have seen; keeping arrival order instead, the SMS dispatcher's claims and records
+/// arriving between creates would split them into runs of a lookup and an INSERT per table
+/// each.
 async fn execute_whole(
     db: &DatabaseConnection,
     cfg: &WriteConfig,
     ops: Vec<Change>,
 ) -> Result<Whole, StoreError> {
+    let size = ops.len();
+    let (creates, others): (Vec<_>, Vec<_>) = ops
+        .into_iter()
+        .enumerate()
+        .partition(|(_, change)| is_create(change));
     let txn = begin(db).await?;
     let last_seq = lock_event_counter(&txn).await?;
     let mut batch = Batch::new(cfg, last_seq + 1);
-    let mut results: Results = Vec::with_capacity(ops.len());
-    let mut ops = ops.into_iter().peekable();
-    while let Some(change) = ops.next() {
-        let applied = if is_create(&change) {
-            let mut run = vec![change];
-            while let Some(next) = ops.next_if(is_create) {
-                run.push(next);
+    let mut results: Vec<Option<Result<WriteReply, StoreError>>> =
+        std::iter::repeat_with(|| None).take(size).collect();
+    let failed = |e: OpError| match e {
+        OpError::Refused(e) | OpError::Failed(e) => e,
+    };
+    let mut outcome: Result<(), StoreError> = Ok(());
+    if !creates.is_empty() {
+        let (at, run): (Vec<usize>, Vec<Change>) = creates.into_iter().unzip();
+        match ops::apply_creates(&txn, run, &mut batch).await {
+            Ok(run_results) => {
+                for (i, r) in at.into_iter().zip(run_results) {
+                    results[i] = Some(r.map_err(failed));
+                }
             }
-            ops::apply_creates(&txn, run, &mut batch).await
-        } else {
+            Err(e) => outcome = Err(failed(e)),
+        }
+    }
+    if outcome.is_ok() {
+        for (i, (op, actor)) in others {
             let mark = batch.mark();
-            let (op, actor) = change;
             batch.actor = actor;
             match ops::apply_one(&txn, op, &mut batch).await {
+                Ok(reply) => results[i] = Some(Ok(reply)),
                 Err(OpError::Refused(e)) => {
                     batch.reset(mark);
-                    Ok(vec![Err(OpError::Refused(e))])
+                    results[i] = Some(Err(e));
                 }
-                other => other.map(|r| vec![Ok(r)]),
-            }
-        };
-        match applied {
-            Ok(run_results) => results.extend(run_results.into_iter().map(|r| {
-                r.map_err(|e| match e {
-                    OpError::Refused(e) | OpError::Failed(e) => e,
-                })
-            })),
-            Err(OpError::Refused(e) | OpError::Failed(e)) => {
-                // Only a database that cannot be reached fails the whole batch; any other
-                // failure is retried in isolation and stays with its operation.
-                if matches!(e, StoreError::Unavailable(_)) {
-                    return Err(e);
+                Err(OpError::Failed(e)) => {
+                    outcome = Err(e);
+                    break;
                 }
-                txn.rollback().await?;
-                return Ok(Whole::Failed(e));
             }
         }
     }
+    if let Err(e) = outcome {
+        // Only a database that cannot be reached fails the whole batch; any other failure
+        // is retried in isolation and stays with its operation.
+        if matches!(e, StoreError::Unavailable(_)) {
+            return Err(e);
+        }
+        txn.rollback().await?;
+        return Ok(Whole::Failed(e));
+    }
+    let results = results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| Err(StoreError::Internal("an operation gave no result".into())))
+        })
+        .collect();
     let outcome = batch.finish(txn).await?;
     Ok(Whole::Committed((results, outcome)))
 }

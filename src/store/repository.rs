@@ -19,7 +19,7 @@ use actix::prelude::*;
 use sea_orm::DatabaseConnection;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The most operations one transaction takes.
@@ -31,6 +31,10 @@ pub const MAX_PENDING: usize = 8 * 1024;
 /// `Addr` is cloned, so `usize::MAX` overflows (a panic in debug builds); this is the
 /// largest capacity actix accepts.
 pub const UNBOUNDED_MAILBOX: usize = usize::MAX >> 2;
+/// The longest the SMS dispatcher's bookkeeping waits for a request's write to share a
+/// batch with. Under load a claim or a send outcome then rides in the next batch of
+/// orders instead of taking a transaction (and the writer) of its own between two of them.
+const BACKGROUND_LINGER: Duration = Duration::from_millis(5);
 /// How often the maintenance pass runs.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(600);
 
@@ -57,6 +61,8 @@ pub struct Repository {
     sms_to: Vec<Recipient<SmsQueued>>,
     /// A pool of its own to open when started (see `store::PoolPlan`).
     own_pool: Option<(DbSettings, u32)>,
+    /// Until when only background work waits (see `BACKGROUND_LINGER`).
+    linger_until: Option<Instant>,
 }
 
 impl Repository {
@@ -71,6 +77,7 @@ impl Repository {
             events_to: Vec::new(),
             sms_to: Vec::new(),
             own_pool: None,
+            linger_until: None,
         }
     }
 
@@ -90,6 +97,23 @@ impl Repository {
         if self.writing || self.pending.is_empty() {
             return;
         }
+        if !self.stopping && self.pending.iter().all(|p| p.op.is_background()) {
+            let now = Instant::now();
+            let until = *self.linger_until.get_or_insert_with(|| {
+                ctx.run_later(BACKGROUND_LINGER, |act, ctx| {
+                    // Over, even if the timer fired a hair early.
+                    if act.linger_until.is_some() {
+                        act.linger_until = Some(Instant::now());
+                    }
+                    act.flush(ctx);
+                });
+                now + BACKGROUND_LINGER
+            });
+            if now < until {
+                return;
+            }
+        }
+        self.linger_until = None;
         self.writing = true;
         let n = self.pending.len().min(MAX_BATCH);
         let ops: Vec<Pending> = self.pending.drain(..n).collect();
@@ -181,8 +205,14 @@ impl Handler<Stop> for Repository {
 
     fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
         self.stopping = true;
-        if !self.writing {
+        if self.writing {
+            return;
+        }
+        if self.pending.is_empty() {
             ctx.stop();
+        } else {
+            // What waits (background work lingering) is written first; the batch's end stops.
+            self.flush(ctx);
         }
     }
 }

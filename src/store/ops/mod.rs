@@ -109,6 +109,12 @@ impl WriteOp {
     pub(super) fn is_create(&self) -> bool {
         matches!(self, Self::CreateCustomer { .. } | Self::CreateOrder { .. })
     }
+
+    /// The SMS dispatcher's bookkeeping: nobody waits on it, so it may wait a little for a
+    /// batch that a request's write starts (see `Repository::flush`).
+    pub(crate) fn is_background(&self) -> bool {
+        matches!(self, Self::ClaimSms { .. } | Self::RecordSends(_))
+    }
 }
 
 /// Who claims: an instance (`holder`), one start of it (`boot`), and the epoch of the
