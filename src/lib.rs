@@ -270,7 +270,11 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     // The writer, the hub with its feed and the SMS dispatcher each have a thread of their
     // own (their actors stop with the service, see `Duka::run`).
     let repo = Repository::new(db.clone(), write_config, retention)
-        .own_pool(settings.database.clone(), pools.writer)
+        .own_pool(store::OwnPool::new(
+            &settings.database,
+            pools.writer,
+            "the writer",
+        ))
         .start_alone(&actix::Arbiter::new().handle());
     // First listener, before anything can write: the hub must see every commit after
     // `latest_seq`.
@@ -348,13 +352,17 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
     let bind = settings
         .bind_addr()
         .map_err(|e| StartError(e.to_string()))?;
-    let db_settings = settings.database.clone();
+    let reader_pool = store::OwnPool::new(
+        &settings.database,
+        pools.per_worker,
+        "an HTTP worker's reader",
+    );
     let mut server = HttpServer::new(move || {
         // Runs on each worker's thread: its reader polls that worker's reads there.
         let state = web::Data::new(http::AppState {
             repo: writer.clone(),
             reader: Reader::new(db.clone())
-                .own_pool(db_settings.clone(), pools.per_worker)
+                .own_pool(reader_pool.clone())
                 .start(),
             region,
             currency,

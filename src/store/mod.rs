@@ -78,16 +78,10 @@ impl PoolPlan {
 
     pub fn new(settings: &DbSettings, workers: usize) -> Self {
         let max = settings.max_connections;
-        if sqlite_path(&settings.url).is_some() || settings.url.starts_with("sqlite:") {
-            return Self {
-                shared: max,
-                writer: 0,
-                per_worker: 0,
-            };
-        }
         let workers = workers.max(1) as u32;
-        // Too few to share out without going over `max`: one pool, as on SQLite.
-        if max < Self::WRITER + workers + Self::MIN_SHARED {
+        // Too few to share out without going over `max`: one pool.
+        if !settings.url.starts_with("postgres") || max < Self::WRITER + workers + Self::MIN_SHARED
+        {
             return Self {
                 shared: max,
                 writer: 0,
@@ -104,23 +98,47 @@ impl PoolPlan {
     }
 }
 
-/// A pool of `max` connections opened when first needed, for an actor to open on its own
-/// thread (see `PoolPlan`); `None` when `max` is 0 or it cannot be made (then the actor
-/// keeps the shared pool, with a warning).
-pub async fn own_pool(
+/// A pool of an actor's own (see `PoolPlan`), opened on the actor's thread when it starts.
+#[derive(Debug, Clone)]
+pub struct OwnPool {
     settings: DbSettings,
     max: u32,
     whose: &'static str,
-) -> Option<DatabaseConnection> {
-    if max == 0 {
-        return None;
+}
+
+impl OwnPool {
+    /// `None` when `max` is 0: the actor uses the shared pool.
+    pub fn new(settings: &DbSettings, max: u32, whose: &'static str) -> Option<Self> {
+        (max > 0).then(|| Self {
+            settings: settings.clone(),
+            max,
+            whose,
+        })
     }
-    match open(&settings, max, true).await {
-        Ok(db) => Some(db),
-        Err(e) => {
-            tracing::warn!("{whose}'s own pool: {e}; it uses the shared pool");
-            None
-        }
+
+    /// Opens the pool before the actor's first message (lazily: no I/O is waited for) and
+    /// hands it to `adopt`; when it cannot be made the actor keeps the shared pool, with a
+    /// warning.
+    pub fn open_for<A>(self, ctx: &mut actix::Context<A>, adopt: fn(&mut A, DatabaseConnection))
+    where
+        A: actix::Actor<Context = actix::Context<A>>,
+    {
+        use actix::{ActorFutureExt, AsyncContext};
+        let opened = async move {
+            open(&self.settings, self.max, true)
+                .await
+                .inspect_err(|e| {
+                    tracing::warn!("{}'s own pool: {e}; it uses the shared pool", self.whose)
+                })
+                .ok()
+        };
+        ctx.wait(
+            actix::fut::wrap_future::<_, A>(opened).map(move |db, act, _| {
+                if let Some(db) = db {
+                    adopt(act, db);
+                }
+            }),
+        );
     }
 }
 

@@ -3,10 +3,10 @@
 //! instead each HTTP worker starts its own `Reader` on its own arbiter (see `lib.rs`), and
 //! reads grow with the cores. All readers share the connection pool.
 
+use super::OwnPool;
 use super::entities::session;
 use super::error::StoreError;
 use super::reads::{self, NotificationFilter, OrderFilter, PageRequest};
-use crate::config::Database as DbSettings;
 use crate::domain::event::Event;
 use crate::domain::time::Timestamp;
 use crate::domain::views::{CustomerView, NotificationView, OrderView, Page};
@@ -18,7 +18,7 @@ use uuid::Uuid;
 pub struct Reader {
     db: DatabaseConnection,
     /// A pool of its own to open when started (see `store::PoolPlan`).
-    own_pool: Option<(DbSettings, u32)>,
+    own_pool: Option<OwnPool>,
 }
 
 impl Reader {
@@ -26,10 +26,10 @@ impl Reader {
         Self { db, own_pool: None }
     }
 
-    /// Reads through a pool of `max` connections opened on the reader's own thread
-    /// (`shared` until then, or when `max` is 0).
-    pub fn own_pool(mut self, settings: DbSettings, max: u32) -> Self {
-        self.own_pool = Some((settings, max));
+    /// Reads through a pool of its own, opened on the reader's thread (without one, or
+    /// until it is open, through the shared pool).
+    pub fn own_pool(mut self, pool: Option<OwnPool>) -> Self {
+        self.own_pool = pool;
         self
     }
 }
@@ -40,14 +40,8 @@ impl Actor for Reader {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Queries are answered concurrently; the pool bounds how many run at once.
         ctx.set_mailbox_capacity(super::repository::UNBOUNDED_MAILBOX);
-        if let Some((settings, max)) = self.own_pool.take() {
-            // Lazy: opening it waits for no I/O.
-            let open = super::own_pool(settings, max, "an HTTP worker's reader");
-            ctx.wait(open.into_actor(self).map(|db, reader, _| {
-                if let Some(db) = db {
-                    reader.db = db;
-                }
-            }));
+        if let Some(pool) = self.own_pool.take() {
+            pool.open_for(ctx, |act, db| act.db = db);
         }
     }
 }

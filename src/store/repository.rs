@@ -9,11 +9,11 @@
 //! It also owns the housekeeping timer: expired sessions and idempotency keys, and events
 //! past the audit retention, are removed by one maintenance pass.
 
+use super::OwnPool;
 use super::batch::{self, Pending, QueuedSms, WriteConfig};
 use super::error::StoreError;
 use super::maintenance;
 use super::ops::{WriteOp, WriteReply};
-use crate::config::Database as DbSettings;
 use crate::domain::event::{self, Event, EventType};
 use actix::prelude::*;
 use sea_orm::DatabaseConnection;
@@ -60,7 +60,7 @@ pub struct Repository {
     events_to: Vec<Recipient<EventsCommitted>>,
     sms_to: Vec<Recipient<SmsQueued>>,
     /// A pool of its own to open when started (see `store::PoolPlan`).
-    own_pool: Option<(DbSettings, u32)>,
+    own_pool: Option<OwnPool>,
     /// Until when only background work waits (see `BACKGROUND_LINGER`).
     linger_until: Option<Instant>,
 }
@@ -81,9 +81,9 @@ impl Repository {
         }
     }
 
-    /// Writes through a pool of `max` connections opened on the writer's own thread.
-    pub fn own_pool(mut self, settings: DbSettings, max: u32) -> Self {
-        self.own_pool = Some((settings, max));
+    /// Writes through a pool of its own, opened on the writer's thread before its first batch.
+    pub fn own_pool(mut self, pool: Option<OwnPool>) -> Self {
+        self.own_pool = pool;
         self
     }
 
@@ -177,14 +177,8 @@ impl Actor for Repository {
     fn started(&mut self, ctx: &mut Self::Context) {
         // The mailbox must not push back on HTTP handlers; `pending` is the bounded buffer.
         ctx.set_mailbox_capacity(UNBOUNDED_MAILBOX);
-        if let Some((settings, max)) = self.own_pool.take() {
-            // Before the first batch; lazy, so this waits for no I/O.
-            let open = super::own_pool(settings, max, "the writer");
-            ctx.wait(open.into_actor(self).map(|db, repo, _| {
-                if let Some(db) = db {
-                    repo.db = db;
-                }
-            }));
+        if let Some(pool) = self.own_pool.take() {
+            pool.open_for(ctx, |act, db| act.db = db);
         }
         ctx.run_interval(MAINTENANCE_EVERY, |act, ctx| {
             let db = act.db.clone();
