@@ -44,8 +44,11 @@ const IDLE_IN_TRANSACTION_TIMEOUT_SECS: u64 = 30;
 pub const MIGRATION_LOCK_KEY: i64 = 0x6475_6b61_0000_0001;
 /// Held (tried, never waited for) by the instance running the maintenance pass.
 pub const MAINTENANCE_LOCK_KEY: i64 = 0x6475_6b61_0000_0002;
-/// SQLite's page cache per connection, in KiB (SQLite's default is 2,000).
-const SQLITE_CACHE_KIB: u32 = 1024;
+/// SQLite's page cache per connection, in KiB (SQLite's default is 2,000). It lives in this
+/// process, once per pooled connection, while the OS caches the file for all of them: a
+/// small one keeps the upper levels of the indexes a lookup walks, and a scan reads the
+/// rest from the OS cache either way.
+const SQLITE_CACHE_KIB: u32 = 256;
 /// Prepared statements kept per SQLite connection (sqlx's default is 100).
 const SQLITE_STATEMENT_CACHE: usize = 32;
 
