@@ -157,8 +157,6 @@ fn refuse(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    #[cfg(unix)]
-    duka::sys::bound_malloc_arenas();
     let cli = Cli::parse();
     let loaded = Settings::load(cli.config.as_deref());
     // The one-shot commands answer in plain text; the services log.

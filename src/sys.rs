@@ -1,34 +1,13 @@
-//! The few direct calls into the C library. Socket calls by descriptor number, where the
-//! library that owns a socket gives no handle to it: the live shards cut stalled WebSocket
-//! connections (`live::stall`) and the store turns Nagle's algorithm off on its PostgreSQL
-//! connections (`store::pg_socket`); callers check that a number is still the socket they
-//! mean by its addresses before changing it. And the allocator's arena bound
-//! (`bound_malloc_arenas`). Unix only.
+//! The few socket calls made by descriptor number, where the library that owns a socket
+//! gives no handle to it: the live shards cut stalled WebSocket connections (`live::stall`)
+//! and the store turns Nagle's algorithm off on its PostgreSQL connections
+//! (`store::pg_socket`). Unix only; callers check that a number is still the socket they
+//! mean by its addresses before changing it.
 
 #![cfg(unix)]
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-
-/// Caps glibc's malloc at one arena per core, before any thread starts. Its default, eight
-/// per core, gives each of the process's threads (HTTP workers, actor arbiters, one per
-/// SQLite connection) an arena of its own that keeps what that thread freed: on SQLite,
-/// where the database engine's pages and statements live in this process, that retention
-/// was a sixth of the peak resident set (bench: seed 100,000 orders then the list reads,
-/// peak 78.7 -> 65.1 MiB). Threads still allocate small blocks from their own cache
-/// without a lock. `MALLOC_ARENA_MAX` in the environment, read by glibc itself, wins.
-pub fn bound_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
-        // SAFETY: mallopt only sets an allocator parameter; it is called before the process
-        // starts any thread.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, arenas);
-        }
-    }
-}
 
 /// The socket's own address (`getsockname`), if `fd` is an IPv4 or IPv6 socket.
 pub fn local_addr(fd: RawFd) -> Option<SocketAddr> {
