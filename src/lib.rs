@@ -384,6 +384,11 @@ pub async fn build(settings: Settings) -> Result<Duka, StartError> {
             .wrap(actix_web::middleware::from_fn(http::request_span))
     })
     .on_connect(live::on_connect)
+    // Nagle's algorithm off on accepted connections (actix keeps the OS default, on): a
+    // WebSocket turn written while the previous one waits for the reader's delayed ACK
+    // would otherwise wait too (up to 40 ms), and a reader that keeps up never sends the
+    // data an ACK could ride on.
+    .tcp_nodelay(true)
     .h1_write_buffer_size(http::WRITE_BUFFER)
     // Signals are handled by the binary (see main.rs), so that WebSockets close first.
     .disable_signals()

@@ -1,7 +1,7 @@
 //! The few socket calls made by descriptor number, where the library that owns a socket
 //! gives no handle to it: the live shards cut stalled WebSocket connections (`live::stall`)
 //! and the store turns Nagle's algorithm off on its PostgreSQL connections
-//! (`store::pg_socket`). Unix only; callers check that a number is still the socket they
+//! (`store::pg_socket`), each finding its socket by its addresses (`socket_of`). Unix only; callers check that a number is still the socket they
 //! mean by its addresses before changing it.
 
 #![cfg(unix)]
@@ -17,6 +17,17 @@ pub fn local_addr(fd: RawFd) -> Option<SocketAddr> {
 /// The address the socket is connected to (`getpeername`), if it is connected.
 pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
     sockaddr(fd, libc::getpeername)
+}
+
+/// This process's descriptor of the TCP connection between `local` and `peer`.
+pub fn socket_of(local: SocketAddr, peer: SocketAddr) -> Option<std::os::fd::RawFd> {
+    let same = |a: Option<SocketAddr>, b: SocketAddr| {
+        a.is_some_and(|a| a.ip().to_canonical() == b.ip() && a.port() == b.port())
+    };
+    std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .find(|&fd| same(local_addr(fd), local) && same(peer_addr(fd), peer))
 }
 
 /// Sets an integer socket option; false if the call failed.

@@ -50,7 +50,7 @@ pub async fn set_nodelay(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     else {
         return Ok(());
     };
-    match socket_of(local, peer) {
+    match sys::socket_of(local, peer) {
         Some(fd) if sys::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1) => {}
         _ => tracing::warn!(
             %local, %peer,
@@ -59,15 +59,4 @@ pub async fn set_nodelay(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         ),
     }
     Ok(())
-}
-
-/// This process's descriptor of the TCP connection between `local` and `peer`.
-pub fn socket_of(local: SocketAddr, peer: SocketAddr) -> Option<std::os::fd::RawFd> {
-    let same = |a: Option<SocketAddr>, b: SocketAddr| {
-        a.is_some_and(|a| a.ip().to_canonical() == b.ip() && a.port() == b.port())
-    };
-    std::fs::read_dir("/proc/self/fd")
-        .ok()?
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .find(|&fd| same(sys::local_addr(fd), local) && same(sys::peer_addr(fd), peer))
 }

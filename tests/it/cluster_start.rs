@@ -482,11 +482,44 @@ async fn postgres_connections_send_without_delay() {
             std::net::SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap())
         };
         let (local, peer) = (addr(parts[0], parts[1]), addr(parts[2], parts[3]));
-        let fd = duka::store::pg_socket::socket_of(local, peer)
+        let fd = duka::sys::socket_of(local, peer)
             .unwrap_or_else(|| panic!("no socket of this process is {local} -> {peer}"));
         let nodelay = duka::sys::int_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY);
         assert_eq!(nodelay.map(|v| v != 0), Some(true), "{local} -> {peer}");
     }
+}
+
+/// A pooled connection is pinged before it is handed out only once it has been idle for a
+/// second (`store::PING_IF_IDLE_FOR`, not on every acquire): connections the server dropped
+/// are found that way and replaced, so the writes and reads after the cut all succeed.
+#[tokio::test]
+async fn connections_the_server_dropped_are_replaced() {
+    let app = spawn_app_on(TestDb::postgres(), |s| s.sms.enabled = false).await;
+    let customer = app.create_customer(json!({})).await;
+    let id = customer["id"].as_str().unwrap();
+    app.create_order(id, json!({})).await;
+    assert_eq!(app.get("/api/v1/orders").await.status(), 200);
+    let name = app.db.postgres_name().expect("a database of its own");
+    let admin = app.db.connect().await;
+    let cut = scalar(
+        &admin,
+        &format!(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ),
+    )
+    .await;
+    assert!(cut >= 2, "only {cut} of the app's connections were found");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        app.create_order(id, json!({})).await;
+    }
+    let orders: serde_json::Value = app.get("/api/v1/orders").await.json().await.unwrap();
+    assert_eq!(
+        orders["items"].as_array().map(Vec::len),
+        Some(4),
+        "{orders}"
+    );
 }
 
 #[tokio::test]

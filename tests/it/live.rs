@@ -952,3 +952,22 @@ async fn shards_deliver_the_same_sequence_in_order_under_concurrent_writers() {
         }
     }
 }
+
+/// Frames and responses leave without waiting on Nagle's algorithm: the server side of an
+/// accepted connection has TCP_NODELAY (actix leaves the OS default, which is off).
+#[tokio::test]
+async fn accepted_connections_send_without_delay() {
+    use std::io::{Read, Write};
+    let app = spawn_app().await;
+    let mut client = std::net::TcpStream::connect(app.addr).unwrap();
+    client
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: duka\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 12];
+    client.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let server_side = duka::sys::socket_of(app.addr, client.local_addr().unwrap())
+        .expect("the server's socket of this connection");
+    let nodelay = duka::sys::int_option(server_side, libc::IPPROTO_TCP, libc::TCP_NODELAY);
+    assert_eq!(nodelay.map(|v| v != 0), Some(true));
+}
