@@ -3,6 +3,7 @@
 //! A batch locks the event counter, applies its operations (its creates first, as one set:
 //! see `ops::apply_creates`; the others in arrival order), then writes all of its events and
 //! idempotency records with one multi-row INSERT each, moves the counter once and commits.
+//! On PostgreSQL those last writes and the notify are one statement (see `with_ctes`).
 //! Nothing is visible to anyone until the commit.
 //!
 //! A refused operation (unknown customer, duplicate, forbidden change) is decided before it
@@ -75,6 +76,8 @@ const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
 /// Rows per multi-row INSERT: far below SQLite's and PostgreSQL's bound-parameter limits
 /// for the widest table.
 pub(super) const ROWS_PER_INSERT: usize = 500;
+/// The most values PostgreSQL binds to one statement (its protocol counts them in 16 bits).
+const PG_MAX_PARAMS: usize = 65_535;
 
 /// Runs one batch in one transaction, answers every caller, and returns what was committed.
 pub async fn run(db: &DatabaseConnection, cfg: &WriteConfig, batch: Vec<Pending>) -> Outcome {
@@ -385,8 +388,12 @@ impl<'a> Batch<'a> {
     }
 
     /// Writes the events and idempotency records, moves the counter past the batch's
-    /// events and commits.
+    /// events and commits. On PostgreSQL that is one statement (the INSERTs and the UPDATE
+    /// as data-modifying CTEs, then the notify): one round trip instead of four.
     async fn finish(self, txn: sea_orm::DatabaseTransaction) -> Result<Outcome, StoreError> {
+        use sea_orm::QueryTrait;
+        let backend = txn.get_database_backend();
+        let mut writes: Vec<Statement> = Vec::new();
         for chunk in self.events.chunks(ROWS_PER_INSERT) {
             let rows = chunk.iter().map(|e| {
                 let (actor_type, actor_subject, actor_name) = e.actor.columns();
@@ -402,44 +409,61 @@ impl<'a> Batch<'a> {
                 }
                 .into_active_model()
             });
-            event::Entity::insert_many(rows)
-                .exec_without_returning(&txn)
-                .await?;
+            writes.push(event::Entity::insert_many(rows).build(backend));
         }
         for chunk in self.idempotency.chunks(ROWS_PER_INSERT) {
             let rows = chunk
                 .iter()
                 .cloned()
                 .map(IntoActiveModel::into_active_model);
-            idempotency_key::Entity::insert_many(rows)
-                .exec_without_returning(&txn)
-                .await?;
+            writes.push(idempotency_key::Entity::insert_many(rows).build(backend));
         }
-        if self.next_seq != self.first_seq {
-            let backend = txn.get_database_backend();
-            txn.execute_raw(Statement::from_sql_and_values(
-                backend,
-                match backend {
-                    DbBackend::Postgres => "UPDATE event_counter SET last_seq = $1 WHERE id = 1",
-                    _ => "UPDATE event_counter SET last_seq = ? WHERE id = 1",
-                },
-                [(self.next_seq - 1).into()],
+        let moved = self.next_seq != self.first_seq;
+        let params: usize = writes
+            .iter()
+            .map(|w| w.values.as_ref().map_or(0, |v| v.0.len()))
+            .sum();
+        let payload = || {
+            format!(
+                "{}-{}/{}",
+                self.first_seq,
+                self.next_seq - 1,
+                self.cfg.notify_tag
+            )
+        };
+        let counter = Statement::from_sql_and_values(
+            backend,
+            match backend {
+                DbBackend::Postgres => "UPDATE event_counter SET last_seq = $1 WHERE id = 1",
+                _ => "UPDATE event_counter SET last_seq = ? WHERE id = 1",
+            },
+            [(self.next_seq - 1).into()],
+        );
+        // Delivered at commit, to every instance's listener (this one's too).
+        let notify = "SELECT pg_notify($1, $2)";
+        if backend == DbBackend::Postgres && moved && params + 3 <= PG_MAX_PARAMS {
+            writes.push(counter);
+            txn.execute_raw(with_ctes(
+                writes,
+                notify,
+                vec![EVENTS_CHANNEL.into(), payload().into()],
             ))
             .await?;
-            if backend == DbBackend::Postgres {
-                // Delivered at commit, to every instance's listener (this one's too).
-                let payload = format!(
-                    "{}-{}/{}",
-                    self.first_seq,
-                    self.next_seq - 1,
-                    self.cfg.notify_tag
-                );
-                txn.execute_raw(Statement::from_sql_and_values(
-                    backend,
-                    "SELECT pg_notify($1, $2)",
-                    [EVENTS_CHANNEL.into(), payload.into()],
-                ))
-                .await?;
+        } else {
+            // SQLite, nothing to count, or too many values for one statement (an import).
+            for write in writes {
+                txn.execute_raw(write).await?;
+            }
+            if moved {
+                txn.execute_raw(counter).await?;
+                if backend == DbBackend::Postgres {
+                    txn.execute_raw(Statement::from_sql_and_values(
+                        backend,
+                        notify,
+                        [EVENTS_CHANNEL.into(), payload().into()],
+                    ))
+                    .await?;
+                }
             }
         }
         txn.commit().await?;
@@ -447,5 +471,72 @@ impl<'a> Batch<'a> {
             events: self.events,
             queued: self.queued,
         })
+    }
+}
+
+/// PostgreSQL statements run as data-modifying CTEs ahead of `last` (each executes whether
+/// or not anything refers to it), as one statement: their `$n` placeholders are renumbered
+/// after the ones before them, and `last`'s after all of theirs.
+fn with_ctes(parts: Vec<Statement>, last: &str, last_values: Vec<sea_orm::Value>) -> Statement {
+    let mut values: Vec<sea_orm::Value> = Vec::new();
+    let mut ctes = Vec::with_capacity(parts.len());
+    for (i, part) in parts.into_iter().enumerate() {
+        ctes.push(format!("w{i} AS ({})", renumber(&part.sql, values.len())));
+        values.extend(part.values.map(|v| v.0).unwrap_or_default());
+    }
+    let sql = format!("WITH {} {}", ctes.join(", "), renumber(last, values.len()));
+    values.extend(last_values);
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// `sql` with every `$n` placeholder moved up by `by`. The statements given here are built
+/// by sea-query or written in this file: values are bound, never inlined, so a `$` followed
+/// by digits is always a placeholder.
+fn renumber(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_renumbered_after_the_statements_before() {
+        assert_eq!(
+            renumber("UPDATE t SET a = $1, b = $12 WHERE c = $2", 10),
+            "UPDATE t SET a = $11, b = $22 WHERE c = $12"
+        );
+        assert_eq!(renumber("SELECT '$' || $1", 0), "SELECT '$' || $1");
+        let parts = vec![
+            Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "INSERT INTO a VALUES ($1, $2)",
+                [1.into(), 2.into()],
+            ),
+            Statement::from_sql_and_values(DbBackend::Postgres, "UPDATE b SET x = $1", [3.into()]),
+        ];
+        let st = with_ctes(
+            parts,
+            "SELECT pg_notify($1, $2)",
+            vec!["c".into(), "p".into()],
+        );
+        assert_eq!(
+            st.sql,
+            "WITH w0 AS (INSERT INTO a VALUES ($1, $2)), w1 AS (UPDATE b SET x = $3) SELECT pg_notify($4, $5)"
+        );
+        assert_eq!(st.values.map(|v| v.0.len()), Some(5));
     }
 }
