@@ -1,8 +1,9 @@
 //! The few socket calls made by descriptor number, where the library that owns a socket
 //! gives no handle to it: the live shards cut stalled WebSocket connections (`live::stall`)
 //! and the store turns Nagle's algorithm off on its PostgreSQL connections
-//! (`store::pg_socket`), each finding its socket by its addresses (`socket_of`). Unix only; callers check that a number is still the socket they
-//! mean by its addresses before changing it.
+//! (`store::pg_socket`), each finding its socket by its addresses (`socket_of`). Unix
+//! only; callers check that a number is still the socket they mean by its addresses
+//! before changing it.
 
 #![cfg(unix)]
 

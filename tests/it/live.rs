@@ -954,7 +954,7 @@ async fn shards_deliver_the_same_sequence_in_order_under_concurrent_writers() {
 }
 
 /// Frames and responses leave without waiting on Nagle's algorithm: the server side of an
-/// accepted connection has TCP_NODELAY (actix leaves the OS default, which is off).
+/// accepted connection has TCP_NODELAY set (actix would leave the OS default: Nagle on).
 #[tokio::test]
 async fn accepted_connections_send_without_delay() {
     use std::io::{Read, Write};
